@@ -1,0 +1,44 @@
+# The two commands: `make demo` and `make test`. Each creates or updates .venv itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_MODEL := .cache/tiny/sdxl
+HTTP_PORT ?= 8080
+GRPC_PORT ?= 8081
+
+.PHONY: install demo test lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch first, from the pinned CPU build, so no resolver pulls the multi-GB CUDA wheels.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(DEMO_MODEL)/model_index.json: | $(STAMP)
+	$(PY) -m kserve_diffusion.tiny --family sdxl --out $(DEMO_MODEL)
+
+demo: install $(DEMO_MODEL)/model_index.json
+	@echo ""
+	@echo "Serving a tiny random-weight SDXL as model 'sdxl' on http://localhost:$(HTTP_PORT) (gRPC $(GRPC_PORT))."
+	@echo "Try, once it logs that it is ready:"
+	@echo "  curl -s localhost:$(HTTP_PORT)/v1/models/sdxl:predict -d '{\"instances\": [{\"prompt\": \"a red fox\", \"height\": 512, \"width\": 512, \"num_inference_steps\": 4, \"seed\": 42}]}' | head -c 300; echo"
+	@echo ""
+	$(PY) -m kserve_diffusion --model_name sdxl --model_id $(DEMO_MODEL) --device cpu \
+		--http_port $(HTTP_PORT) --grpc_port $(GRPC_PORT)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,246 @@
+"""The one typed server configuration: CLI flags > environment > .env file > defaults.
+
+The parser extends `kserve.model_server.parser`, so every standard KServe flag works too. Nothing
+else in the package reads `os.environ` or `sys.argv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+from kserve.model_server import parser as kserve_parser
+
+from .errors import ConfigError
+
+MODEL_TYPES = ("sdxl", "flux", "wan")
+DEVICES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload", "cpu")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+TOKEN_ENV_VARS = ("HUGGINGFACE_TOKEN", "HF_TOKEN")
+# KServe flags passed on to kserve.ModelServer (the rest configure models or transformers).
+MODEL_SERVER_FLAGS = (
+    "http_port",
+    "grpc_port",
+    "max_threads",
+    "max_asyncio_workers",
+    "enable_grpc",
+    "enable_docs_url",
+    "enable_latency_logging",
+    "access_log_format",
+    "event_loop",
+    "timeout_keep_alive",
+    "ssl_certfile",
+    "ssl_keyfile",
+)
+
+
+def parse_bool(text: str) -> bool:
+    """Parse true/false/1/0/yes/no/on/off; anything else is an error (unlike `type=bool`)."""
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false/1/0, got {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    """One of our flags: its environment variable, parser and default."""
+
+    name: str
+    env: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: Sequence[str] | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model_type", "MODEL_TYPE", _choice(MODEL_TYPES), "sdxl", "model family to serve", MODEL_TYPES),
+    Option("model_id", "MODEL_ID", str, "/mnt/models", "local diffusers folder or Hugging Face hub id"),
+    Option("single_file_model", "SINGLE_FILE_MODEL", str, None, "base weights as one .safetensors checkpoint"),
+    Option(
+        "single_file_config",
+        "SINGLE_FILE_CONFIG",
+        str,
+        None,
+        "local diffusers-format folder with the configs and tokenizers for --single_file_model (offline)",
+    ),
+    Option(
+        "use_refiner",
+        "USE_REFINER",
+        parse_bool,
+        None,
+        "load the SDXL refiner, true/false (default: true when a refiner id or file is given)",
+    ),
+    Option("refiner_id", "REFINER_ID", str, None, "refiner diffusers folder or hub id"),
+    Option("refiner_single_file_model", "REFINER_SINGLE_FILE_MODEL", str, None, "refiner as one checkpoint file"),
+    Option(
+        "refiner_single_file_config",
+        "REFINER_SINGLE_FILE_CONFIG",
+        str,
+        None,
+        "local diffusers-format config folder for --refiner_single_file_model (offline)",
+    ),
+    Option(
+        "device",
+        "DEVICE",
+        _choice(DEVICES),
+        None,
+        "where the model runs (default: cuda when available, else cpu)",
+        DEVICES,
+    ),
+    Option("dtype", "DTYPE", _choice(DTYPES), "auto", "weights dtype; auto: float16 on CUDA, float32 on CPU", DTYPES),
+    Option("max_num_images", "MAX_NUM_IMAGES", _positive_int, 4, "most images one generation may ask for"),
+    Option("max_steps", "MAX_STEPS", _positive_int, 150, "most denoising steps a request may ask for"),
+    Option("max_side", "MAX_SIDE", _positive_int, 2048, "largest width or height in pixels"),
+    Option("max_pixels", "MAX_PIXELS", _positive_int, 2048 * 2048, "largest width x height"),
+    Option("max_instances", "MAX_INSTANCES", _positive_int, 4, "most v1 instances in one request"),
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server needs, typed and resolved once at startup."""
+
+    model_name: str = "sdxl"
+    model_type: str = "sdxl"
+    model_id: str = "/mnt/models"
+    single_file_model: str | None = None
+    single_file_config: str | None = None
+    use_refiner: bool = False
+    refiner_id: str | None = None
+    refiner_single_file_model: str | None = None
+    refiner_single_file_config: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_num_images: int = 4
+    max_steps: int = 150
+    max_side: int = 2048
+    max_pixels: int = 2048 * 2048
+    max_instances: int = 4
+    hf_token: str | None = field(default=None, repr=False)  # a secret: never printed
+    configure_logging: bool = True
+    log_config_file: str | None = None
+    model_server: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def on_cuda(self) -> bool:
+        """True when generation runs on a CUDA device (directly or with offloading)."""
+        return self.device != "cpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI parser: KServe's standard flags plus ours (each also as --kebab-case)."""
+    parser = argparse.ArgumentParser(
+        prog="kserve-diffusion",
+        description="KServe model server for diffusers pipelines (SDXL, FLUX, Wan).",
+        parents=[kserve_parser],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    ours = parser.add_argument_group(
+        "kserve-diffusion", "each flag can also be set by its environment variable or in .env"
+    )
+    for option in OPTIONS:
+        flags = [f"--{option.name}"]
+        if "_" in option.name:
+            flags.append(f"--{option.name.replace('_', '-')}")
+        default = "" if "(default:" in option.help else f"default: {option.default}; "
+        ours.add_argument(
+            *flags,
+            dest=option.name,
+            default=argparse.SUPPRESS,
+            metavar=("{" + ",".join(option.choices) + "}") if option.choices else option.name.upper(),
+            help=f"{option.help} ({default}env: {option.env})",
+        )
+    ours.add_argument(
+        "--env_file",
+        "--env-file",
+        dest="env_file",
+        default=".env",
+        help="dotenv file read for settings not given on the command line or in the environment",
+    )
+    return parser
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def parse_config(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cuda_available: Callable[[], bool] = _cuda_available,
+) -> ServerConfig:
+    """Build the ServerConfig from argv, the environment and the .env file (in that order)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    environ = os.environ if environ is None else environ
+    env_file = Path(args.env_file)
+    dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file.is_file() else {}
+
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        if option.name in vars(args):
+            raw, source = getattr(args, option.name), f"--{option.name}"
+        elif option.env in environ:
+            raw, source = environ[option.env], f"environment variable {option.env}"
+        elif option.env in dotenv:
+            raw, source = dotenv[option.env], f"{env_file} entry {option.env}"
+        else:
+            values[option.name] = option.default
+            continue
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    token = next((environ[n] for n in TOKEN_ENV_VARS if environ.get(n)), None) or next(
+        (dotenv[n] for n in TOKEN_ENV_VARS if dotenv.get(n)), None
+    )
+    if values["device"] is None:
+        values["device"] = "cuda" if cuda_available() else "cpu"
+    if values["dtype"] == "auto":
+        values["dtype"] = "float16" if values["device"] != "cpu" else "float32"
+    if args.workers != 1:
+        raise ConfigError(
+            f"--workers: must be 1, got {args.workers}: each worker process would load its own copy of the model"
+        )
+    refiner_given = bool(values["refiner_id"] or values["refiner_single_file_model"])
+    if values["use_refiner"] is None:
+        values["use_refiner"] = refiner_given
+    if values["use_refiner"] and not refiner_given:
+        raise ConfigError("--use_refiner: true needs --refiner_id or --refiner_single_file_model")
+    return ServerConfig(
+        model_name=args.model_name,
+        hf_token=token,
+        configure_logging=args.configure_logging,
+        log_config_file=args.log_config_file,
+        model_server={name: getattr(args, name) for name in MODEL_SERVER_FLAGS},
+        **values,
+    )

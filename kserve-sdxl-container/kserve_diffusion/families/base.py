@@ -1,0 +1,38 @@
+"""What every model family provides to the server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from PIL.Image import Image
+
+from ..config import ServerConfig
+from ..schedulers import SchedulerFactory
+from ..schemas import GenerationRequest, Limits
+
+
+class Runner(Protocol):
+    """A loaded family: checks requests against what it can do, and generates."""
+
+    tasks: tuple[str, ...]
+    schedulers: Mapping[str, SchedulerFactory]
+
+    def check(self, request: GenerationRequest, limits: Limits) -> GenerationRequest:
+        """Apply family rules; return the request with its task resolved, or raise RequestError."""
+        ...
+
+    def generate(self, request: GenerationRequest, seed: int) -> list[Image]:
+        """Run the pipeline(s) on the calling (accelerator) thread."""
+        ...
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registry entry: how to load a family, or why it cannot be served yet."""
+
+    name: str
+    title: str
+    load: Callable[[ServerConfig], Runner] | None = None
+    unavailable: str = ""

@@ -1,0 +1,53 @@
+"""Loading helpers shared by the families: folders, hub ids and single-file checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from diffusers import DiffusionPipeline
+
+from ..errors import ConfigError
+
+logger = logging.getLogger("kserve.diffusion")
+
+
+def _looks_like_path(model_id: str) -> bool:
+    return model_id.startswith(("/", ".", "~")) or Path(model_id).exists()
+
+
+def load_pretrained(cls: type[DiffusionPipeline], model_id: str, flag: str, **kwargs: Any) -> DiffusionPipeline:
+    """`cls.from_pretrained` from a local diffusers folder or a hub id (safetensors weights)."""
+    if _looks_like_path(model_id):
+        folder = Path(model_id).expanduser()
+        if not (folder / "model_index.json").is_file():
+            raise ConfigError(f"{flag}: {folder} is not a diffusers model folder (no model_index.json)")
+        model_id = str(folder)
+    logger.info("loading %s from %s", cls.__name__, model_id)
+    try:
+        return cls.from_pretrained(model_id, use_safetensors=True, **kwargs)
+    except OSError as exc:
+        raise ConfigError(f"{flag}: could not load {model_id}: {exc}") from exc
+
+
+def load_single_file(
+    cls: type[DiffusionPipeline], checkpoint: str, config_dir: str | None, flag: str, **kwargs: Any
+) -> DiffusionPipeline:
+    """`cls.from_single_file`, offline when a local config folder is given."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{flag.replace('_config', '_model')}: no such file {path}")
+    if config_dir is not None:
+        if not (Path(config_dir) / "model_index.json").is_file():
+            raise ConfigError(f"{flag}: {config_dir} is not a diffusers config folder (no model_index.json)")
+        logger.info("loading %s from single file %s with configs from %s", cls.__name__, path, config_dir)
+        return cls.from_single_file(str(path), config=str(config_dir), local_files_only=True, **kwargs)
+    logger.info("loading %s from single file %s (configs from the hub)", cls.__name__, path)
+    try:
+        return cls.from_single_file(str(path), **kwargs)
+    except Exception as exc:  # diffusers raises several types when the hub is out of reach
+        raise ConfigError(
+            f"could not fetch the configs for {path} from the hub ({type(exc).__name__}); "
+            f"offline, set {flag} DIR to a local diffusers-format folder with the configs and tokenizers"
+        ) from exc

@@ -1,0 +1,109 @@
+"""The kserve.Model: loads the family once, adapts protocols, runs generations on the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import uuid
+from functools import partial
+from typing import Any
+
+from kserve import Model
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from . import media, protocols
+from .config import ServerConfig
+from .errors import GenerationFailed
+from .families import Family, Runner
+from .schemas import GenerationRequest, Limits, parse_request
+from .worker import GenerationWorker
+
+logger = logging.getLogger("kserve.diffusion")
+RANDOM_SEED_RANGE = 2**32
+
+
+class DiffusionModel(Model):
+    """One served model family: v1 and v2 (REST and gRPC) predict, never blocking the event loop."""
+
+    def __init__(self, config: ServerConfig, family: Family):
+        super().__init__(config.model_name)
+        self.config = config
+        self.family = family
+        self.limits = Limits.from_config(config)
+        self.runner: Runner | None = None
+        self.worker = GenerationWorker()
+
+    def load(self) -> bool:
+        """Load the pipelines exactly once; ready only afterwards."""
+        if self.runner is None:
+            started = time.perf_counter()
+            self.runner = self.family.load(self.config)
+            logger.info(
+                "model %r (%s) loaded in %.1fs on %s as %s",
+                self.name,
+                self.family.title,
+                time.perf_counter() - started,
+                self.config.device,
+                self.config.dtype,
+            )
+        self.ready = True
+        return self.ready
+
+    def stop(self) -> None:
+        """Let the running generation finish, then stop the worker thread."""
+        self.ready = False
+        self.worker.shutdown()
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """v2 metadata: the input tensors."""
+        return protocols.v2_input_types()
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """v2 metadata: the output tensors."""
+        return protocols.v2_output_types()
+
+    def _check(self, instance: Any) -> GenerationRequest:
+        assert self.runner is not None
+        return self.runner.check(parse_request(instance, self.limits), self.limits)
+
+    async def predict(
+        self, payload: dict | bytes | InferRequest, headers: dict[str, str] | None = None
+    ) -> dict | InferResponse:
+        """v1 body or v2 InferRequest in; every instance is validated before any is generated."""
+        request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex[:16]
+        if isinstance(payload, InferRequest):
+            request = self._check(protocols.v2_instance(payload))
+            result = await self._generate(request, request_id)
+            return protocols.v2_response(payload, result, self.name)
+        requests = [self._check(i) for i in protocols.v1_instances(payload, self.config.max_instances)]
+        return protocols.v1_response([await self._generate(r, request_id) for r in requests])
+
+    async def _generate(self, request: GenerationRequest, request_id: str) -> protocols.GenerationResult:
+        assert self.runner is not None and request.task_type is not None
+        seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
+        try:
+            timed = await self.worker.run(partial(self.runner.generate, request, seed))
+        except Exception as exc:
+            logger.exception("request %s failed during generation", request_id)
+            raise GenerationFailed(
+                f"generation failed ({type(exc).__name__}); the server log has details under request id {request_id}"
+            ) from None
+        # PNG encoding is CPU work: it runs beside the event loop and off the accelerator thread.
+        loop = asyncio.get_running_loop()
+        images = await loop.run_in_executor(None, lambda: [media.encode_image(i) for i in timed.value])
+        logger.info(
+            "request=%s task=%s size=%dx%d steps=%d images=%d scheduler=%s seed=%d queue_wait=%.3fs generation=%.3fs",
+            request_id,
+            request.task_type,
+            request.width,
+            request.height,
+            request.num_inference_steps,
+            len(images),
+            request.scheduler,
+            seed,
+            timed.queue_wait,
+            timed.run_time,
+        )
+        return protocols.GenerationResult(request.task_type, seed, images, media.content_type())

@@ -1,0 +1,166 @@
+"""Request schema: one pydantic model that is validation, defaults and documentation at once.
+
+Static ranges live in the field definitions; the operator's limits (--max_steps, ...) arrive as
+the validation context. Every violation becomes one 400 message naming the field, what is allowed
+and the value received.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from .config import ServerConfig
+from .errors import RequestError, RequestErrors
+
+TASK_TYPES = ("text2img", "img2img", "inpaint", "text2video")
+MAX_PROMPT_CHARS = 10_000
+MAX_SEED = 2**63 - 1  # fits the v2 INT64 tensor the seed is echoed in
+MIN_SIDE = 64
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-server request limits (from the configuration)."""
+
+    max_num_images: int = 4
+    max_steps: int = 150
+    max_side: int = 2048
+    max_pixels: int = 2048 * 2048
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> Limits:
+        """The limits a ServerConfig sets."""
+        return cls(config.max_num_images, config.max_steps, config.max_side, config.max_pixels)
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    return info.context if isinstance(info.context, Limits) else Limits()
+
+
+class GenerationRequest(BaseModel):
+    """One generation: the parameters of seed 000's API, with its defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
+
+    task_type: Literal["text2img", "img2img", "inpaint", "text2video"] | None = Field(
+        None, description="what to generate; inferred when absent"
+    )
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what to draw")]
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="what to avoid")
+    height: int = Field(1024, description="image height in pixels, a multiple of 8")
+    width: int = Field(1024, description="image width in pixels, a multiple of 8")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when absent; always echoed")
+    scheduler: str = Field("DDIM", description="sampler name")
+    num_inference_steps: int = Field(25, ge=1, description="denoising steps of the base model")
+    refiner_inference_steps: int = Field(50, ge=1, description="refiner steps when it refines with strength")
+    guidance_scale: float = Field(7.5, ge=0, le=50, description="classifier-free guidance scale")
+    strength: float = Field(0.3, gt=0, le=1, description="how much the refiner changes the base image")
+    num_images: int = Field(1, ge=1, description="images generated in one batched call")
+    high_noise_frac: float | None = Field(
+        None, gt=0, lt=1, description="ensemble of experts: fraction of steps the base runs before the refiner"
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("num_inference_steps", "refiner_inference_steps")
+    @classmethod
+    def _steps_within_limit(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_steps
+        if value > limit:
+            raise ValueError(f"must be between 1 and {limit}")
+        return value
+
+    @field_validator("num_images")
+    @classmethod
+    def _images_within_limit(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_num_images
+        if value > limit:
+            raise ValueError(f"must be between 1 and {limit}")
+        return value
+
+    @field_validator("height", "width")
+    @classmethod
+    def _side_within_limit(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_side
+        if not MIN_SIDE <= value <= limit:
+            raise ValueError(f"must be between {MIN_SIDE} and {limit}")
+        return value
+
+
+FIELD_NAMES = tuple(GenerationRequest.model_fields)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None), list, dict)) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _range_text(name: str) -> str:
+    lower = upper = ""
+    for constraint in GenerationRequest.model_fields[name].metadata:
+        for attr, words in (("ge", ">= {}"), ("gt", "> {}"), ("le", "<= {}"), ("lt", "< {}")):
+            bound = getattr(constraint, attr, None)
+            if bound is not None:
+                if attr in ("ge", "gt"):
+                    lower = words.format(bound)
+                else:
+                    upper = words.format(bound)
+    return " and ".join(part for part in (lower, upper) if part)
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """One pydantic error as '<field>: <what is wrong>, got <value>'."""
+    field = ".".join(str(part) for part in error["loc"]) or "request"
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        return f"{field}: unknown field (allowed: {', '.join(FIELD_NAMES)})"
+    if kind == "missing":
+        return f"{field}: required field is missing"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        problem = f"must be {_range_text(field)}"
+    elif kind == "string_too_short":
+        problem = "must not be empty"
+    elif kind == "string_too_long":
+        problem = f"must be at most {error['ctx']['max_length']} characters"
+    elif kind == "value_error":
+        problem = str(error["ctx"]["error"])
+    elif kind == "literal_error":
+        problem = f"must be one of {error['ctx']['expected']}"
+    else:
+        problem = error["msg"][0].lower() + error["msg"][1:]
+    if kind == "string_too_long" and isinstance(value, str):
+        return f"{field}: {problem}, got {len(value)} characters"
+    return f"{field}: {problem}, got {_shown(value)}"
+
+
+def parse_request(data: Any, limits: Limits) -> GenerationRequest:
+    """Validate one instance; raise RequestError (400) naming every bad field."""
+    if not isinstance(data, dict):
+        raise RequestError("instance", f"expected a JSON object of parameters, got {_shown(data)}")
+    try:
+        return GenerationRequest.model_validate(data, context=limits)
+    except ValidationError as exc:
+        raise RequestErrors([describe_error(error) for error in exc.errors(include_url=False)]) from None
+
+
+def v2_kind(name: str) -> str:
+    """The v2 value kind of a request field: 'string', 'int', 'float' or 'bool'."""
+    annotation = GenerationRequest.model_fields[name].annotation
+    text = str(annotation)
+    if annotation is str or "Literal" in text or "str" in text:
+        return "string"
+    if "float" in text:
+        return "float"
+    if "bool" in text:
+        return "bool"
+    return "int"

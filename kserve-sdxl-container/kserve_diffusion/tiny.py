@@ -1,0 +1,214 @@
+"""Build tiny random-weight diffusers pipelines for tests, the demo and benchmarks.
+
+Real diffusers/transformers classes with tiny dimensions and tokenizers generated locally, so
+nothing is downloaded. The VAE downsamples by 8 like the real one. Every component is built from
+its own fixed seed, so the tiny refiner's `text_encoder_2` and VAE equal the tiny base's.
+
+Usage: python -m kserve_diffusion.tiny --family sdxl|sdxl-refiner --out DIR [--single-file]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.utils import logging as diffusers_logging
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from . import ldm_export
+
+CLIP_HIDDEN = 32
+# diffusers tells the two SDXL text encoders apart by width (768 vs 1280 in the real model),
+# so the tiny ones differ too.
+OPEN_CLIP_HIDDEN = 48
+TIME_EMBED_DIM = 8
+LAYERS_PER_BLOCK = 1
+VAE_BLOCKS = 4  # three downsamplings: a factor of 8, as in the real SDXL VAE
+# SGM's conditioner checks for block 9 of the OpenCLIP encoder, so the tiny one keeps ten layers.
+OPEN_CLIP_LAYERS = 10
+FAMILIES = ("sdxl", "sdxl-refiner")
+
+
+def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build().eval()
+
+
+def build_tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer with no merges: every character is a token."""
+    alphabet = list(bytes_to_unicode().values())
+    tokens = alphabet + [f"{char}</w>" for char in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=[], model_max_length=77)
+
+
+def _text_config(tokenizer: CLIPTokenizer, hidden: int, layers: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=1000,
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=layers,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+        hidden_act="gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * VAE_BLOCKS,
+        up_block_types=("UpDecoderBlock2D",) * VAE_BLOCKS,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=False,
+    )
+
+
+def _unet(cross_attention_dim: int, time_ids: int) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=LAYERS_PER_BLOCK,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 1),
+        use_linear_projection=True,
+        cross_attention_dim=cross_attention_dim,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=time_ids * TIME_EMBED_DIM + OPEN_CLIP_HIDDEN,
+        norm_num_groups=8,
+    )
+
+
+def _scheduler() -> EulerDiscreteScheduler:
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        num_train_timesteps=1000,
+    )
+
+
+def build_sdxl_base() -> StableDiffusionXLPipeline:
+    """The tiny SDXL base pipeline (two CLIP encoders, UNet, VAE)."""
+    tokenizer = build_tokenizer()
+    return StableDiffusionXLPipeline(
+        vae=_seeded(1, _vae),
+        text_encoder=_seeded(2, lambda: CLIPTextModel(_text_config(tokenizer, CLIP_HIDDEN, 2))),
+        tokenizer=tokenizer,
+        text_encoder_2=_seeded(
+            3, lambda: CLIPTextModelWithProjection(_text_config(tokenizer, OPEN_CLIP_HIDDEN, OPEN_CLIP_LAYERS))
+        ),
+        tokenizer_2=build_tokenizer(),
+        # base conditioning: original size, crop, target size -> six time ids
+        unet=_seeded(4, lambda: _unet(cross_attention_dim=CLIP_HIDDEN + OPEN_CLIP_HIDDEN, time_ids=6)),
+        scheduler=_scheduler(),
+    )
+
+
+def build_sdxl_refiner() -> StableDiffusionXLImg2ImgPipeline:
+    """The tiny SDXL refiner: `text_encoder_2` and VAE identical to the tiny base's."""
+    tokenizer = build_tokenizer()
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=_seeded(1, _vae),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=_seeded(
+            3, lambda: CLIPTextModelWithProjection(_text_config(tokenizer, OPEN_CLIP_HIDDEN, OPEN_CLIP_LAYERS))
+        ),
+        tokenizer_2=tokenizer,
+        # refiner conditioning adds an aesthetic score: five time ids
+        unet=_seeded(5, lambda: _unet(cross_attention_dim=OPEN_CLIP_HIDDEN, time_ids=5)),
+        scheduler=_scheduler(),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+    )
+
+
+BUILDERS: dict[str, Callable[[], StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline]] = {
+    "sdxl": build_sdxl_base,
+    "sdxl-refiner": build_sdxl_refiner,
+}
+
+
+def single_file_state(pipeline: StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline) -> dict:
+    """The whole pipeline as one state dict in the original SDXL checkpoint layout."""
+    state = ldm_export.unet_to_ldm(pipeline.unet.state_dict(), pipeline.unet.config.layers_per_block)
+    state.update(ldm_export.vae_to_ldm(pipeline.vae.state_dict(), len(pipeline.vae.config.down_block_types)))
+    if pipeline.text_encoder is not None:
+        state.update(ldm_export.clip_to_ldm(pipeline.text_encoder.state_dict(), "conditioner.embedders.0."))
+        open_clip_prefix = "conditioner.embedders.1.model."
+    else:  # the refiner has only the OpenCLIP encoder, as embedder 0
+        open_clip_prefix = "conditioner.embedders.0.model."
+    state.update(ldm_export.open_clip_to_ldm(pipeline.text_encoder_2.state_dict(), open_clip_prefix))
+    return {key: tensor.contiguous() for key, tensor in state.items()}
+
+
+def write(family: str, out: Path, single_file: bool = False) -> Path:
+    """Write the tiny `family` pipeline to `out`; return the path to serve (folder or file)."""
+    if family not in BUILDERS:
+        raise ValueError(f"family: expected one of {', '.join(FAMILIES)}, got {family!r}")
+    pipeline = BUILDERS[family]()
+    out.mkdir(parents=True, exist_ok=True)
+    if not single_file:
+        pipeline.save_pretrained(out, safe_serialization=True)
+        return out
+    # The config folder is the diffusers layout without weights: what --single_file_config expects.
+    config_dir = out / "config"
+    with tempfile.TemporaryDirectory() as scratch:
+        pipeline.save_pretrained(scratch, safe_serialization=True)
+        shutil.rmtree(config_dir, ignore_errors=True)
+        shutil.copytree(scratch, config_dir, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    checkpoint = out / "model.safetensors"
+    save_file(single_file_state(pipeline), str(checkpoint), metadata={"format": "pt"})
+    (out / "tiny.json").write_text(json.dumps({"family": family, "single_file": True}))
+    return checkpoint
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=FAMILIES, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder to write")
+    parser.add_argument(
+        "--single-file",
+        action="store_true",
+        help="write OUT/model.safetensors (original SDXL key layout) and OUT/config/ (configs, no weights)",
+    )
+    args = parser.parse_args(argv)
+    diffusers_logging.disable_progress_bar()
+    path = write(args.family, args.out, args.single_file)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Shared fixtures: tiny models built once per session, real server processes on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from kserve_diffusion import tiny
+
+STARTUP_TIMEOUT = 180
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m kserve_diffusion ...` in a subprocess, with its log kept for assertions."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None):
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.log_path = log_path
+        self.command = [
+            sys.executable,
+            "-m",
+            "kserve_diffusion",
+            "--model_name",
+            "sdxl",
+            "--device",
+            "cpu",
+            "--http_port",
+            str(self.http_port),
+            "--grpc_port",
+            str(self.grpc_port),
+            *args,
+        ]
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            self.command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+
+    @property
+    def url(self) -> str:
+        """Base URL of the REST server."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """host:port of the gRPC server."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        """Everything the server printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> ServerProcess:
+        """Block until the model reports ready; fail with the log if the process dies."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/v2/models/sdxl/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        """Terminate the process and close its log."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny SDXL base and refiner, each as a diffusers folder and as a single file + config."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "sdxl": tiny.write("sdxl", root / "sdxl"),
+        "sdxl_file": tiny.write("sdxl", root / "sdxl-file", single_file=True),
+        "refiner": tiny.write("sdxl-refiner", root / "refiner"),
+        "refiner_file": tiny.write("sdxl-refiner", root / "refiner-file", single_file=True),
+    }
+
+
+def start_server(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> ServerProcess:
+    """Start a server and wait until it is ready."""
+    return ServerProcess(args, log_path, env).wait_ready()
+
+
+@pytest.fixture(scope="session")
+def base_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with the tiny SDXL base from a diffusers folder."""
+    server = start_server(["--model_id", str(tiny_models["sdxl"])], tmp_path_factory.mktemp("logs") / "base.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def refiner_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with base and refiner both loaded from single files with local configs (offline)."""
+    base, refiner = tiny_models["sdxl_file"], tiny_models["refiner_file"]
+    args = [
+        "--single_file_model",
+        str(base),
+        "--single_file_config",
+        str(base.parent / "config"),
+        "--use_refiner",
+        "true",
+        "--refiner_single_file_model",
+        str(refiner),
+        "--refiner_single_file_config",
+        str(refiner.parent / "config"),
+    ]
+    server = start_server(args, tmp_path_factory.mktemp("logs") / "refiner.log", env={"HF_HUB_OFFLINE": "1"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def client(base_server: ServerProcess) -> Iterator[httpx.Client]:
+    """An httpx client for the base server."""
+    with httpx.Client(base_url=base_server.url, timeout=120) as http:
+        yield http

@@ -1,0 +1,110 @@
+"""Configuration: CLI > environment > .env > defaults, typed, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kserve_diffusion.config import OPTIONS, build_parser, parse_bool, parse_config
+from kserve_diffusion.errors import ConfigError
+
+
+def config(argv: list[str], env: dict[str, str] | None = None, tmp_path: Path | None = None, dotenv: str = ""):
+    args = list(argv)
+    if tmp_path is not None:
+        env_file = tmp_path / ".env"
+        env_file.write_text(dotenv)
+        args += ["--env_file", str(env_file)]
+    return parse_config(args, environ=env or {}, cuda_available=lambda: False)
+
+
+def test_defaults() -> None:
+    cfg = config(["--env_file", "/nonexistent/.env"])
+    assert (cfg.model_type, cfg.model_id, cfg.device, cfg.dtype) == ("sdxl", "/mnt/models", "cpu", "float32")
+    assert (cfg.max_num_images, cfg.max_steps, cfg.use_refiner) == (4, 150, False)
+    assert cfg.model_server["http_port"] == 8080 and cfg.model_server["grpc_port"] == 8081
+
+
+def test_precedence_cli_over_env_over_dotenv(tmp_path: Path) -> None:
+    dotenv = "MODEL_ID=/from/dotenv\nMAX_STEPS=10\nMAX_NUM_IMAGES=2\nDTYPE=bfloat16\n"
+    env = {"MODEL_ID": "/from/env", "MAX_STEPS": "20"}
+    cfg = config(["--model_id", "/from/cli"], env, tmp_path, dotenv)
+    assert cfg.model_id == "/from/cli"  # CLI beats env and .env
+    assert cfg.max_steps == 20  # env beats .env
+    assert cfg.max_num_images == 2  # .env beats the default
+    assert cfg.dtype == "bfloat16"
+
+
+def test_device_and_dtype_auto() -> None:
+    on_gpu = parse_config(["--env_file", "/none"], environ={}, cuda_available=lambda: True)
+    assert (on_gpu.device, on_gpu.dtype) == ("cuda", "float16")
+    offload = parse_config(["--device", "enable_model_cpu_offload"], environ={}, cuda_available=lambda: True)
+    assert offload.dtype == "float16"
+    assert config(["--dtype", "float32", "--device", "cuda"]).dtype == "float32"
+
+
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("False", False), ("1", True), ("0", False)])
+def test_use_refiner_parses_booleans(text: str, value: bool) -> None:
+    cfg = config(["--use_refiner", text, "--refiner_id", "/r"])
+    assert cfg.use_refiner is value
+
+
+def test_parse_bool_rejects_other_words() -> None:
+    with pytest.raises(ValueError):
+        parse_bool("maybe")
+    with pytest.raises(ConfigError, match="USE_REFINER"):
+        config([], {"USE_REFINER": "maybe"})
+
+
+def test_refiner_id_alone_enables_refiner_and_use_refiner_needs_one() -> None:
+    assert config(["--refiner_id", "/r"]).use_refiner is True
+    with pytest.raises(ConfigError, match="--use_refiner"):
+        config(["--use_refiner", "true"])
+
+
+def test_kebab_case_spelling_and_env() -> None:
+    assert config(["--model-type", "flux"]).model_type == "flux"
+    assert config([], {"MODEL_TYPE": "wan"}).model_type == "wan"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--model_typ", "sdxl"], ["--model_type", "dalle"], ["--device", "tpu"], ["--max_steps", "zero"]],
+)
+def test_bad_flags_are_startup_errors(argv: list[str], capsys) -> None:
+    with pytest.raises((SystemExit, ConfigError)):
+        config(argv)
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="MAX_STEPS"):
+        config([], {"MAX_STEPS": "-3"})
+    with pytest.raises(ConfigError, match="DEVICE"):
+        config([], {"DEVICE": "gpu"})
+
+
+def test_workers_must_be_one() -> None:
+    with pytest.raises(ConfigError, match="--workers"):
+        config(["--workers", "2"])
+
+
+def test_token_from_env_or_dotenv_and_never_in_repr(tmp_path: Path) -> None:
+    assert config([], {"HF_TOKEN": "hf_secret1"}).hf_token == "hf_secret1"
+    assert config([], {"HUGGINGFACE_TOKEN": "hf_a", "HF_TOKEN": "hf_b"}).hf_token == "hf_a"
+    cfg = config([], {}, tmp_path, "HUGGINGFACE_TOKEN=hf_secret2\n")
+    assert cfg.hf_token == "hf_secret2"
+    assert "hf_secret2" not in repr(cfg)
+
+
+def test_kserve_flags_still_work() -> None:
+    cfg = config(["--model_name", "fox", "--http_port", "9000", "--enable_grpc", "false"])
+    assert cfg.model_name == "fox"
+    assert cfg.model_server["http_port"] == 9000 and cfg.model_server["enable_grpc"] is False
+
+
+def test_help_lists_every_flag_with_default_and_env() -> None:
+    text = build_parser().format_help()
+    for option in OPTIONS:
+        assert f"--{option.name}" in text
+        assert f"env: {option.env}" in text.replace("\n", " ").replace("  ", " ") or option.env in text
+    assert "--http_port" in text and "--model_name" in text
