@@ -146,11 +146,6 @@ class ServerConfig:
     log_config_file: str | None = None
     model_server: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
-    def on_cuda(self) -> bool:
-        """True when generation runs on a CUDA device (directly or with offloading)."""
-        return self.device != "cpu"
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI parser: KServe's standard flags plus ours (each also as --kebab-case)."""

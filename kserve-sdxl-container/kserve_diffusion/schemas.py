@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from types import NoneType
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -153,14 +154,11 @@ def parse_request(data: Any, limits: Limits) -> GenerationRequest:
         raise RequestErrors([describe_error(error) for error in exc.errors(include_url=False)]) from None
 
 
+_V2_KINDS = {str: "string", int: "int", float: "float", bool: "bool"}
+
+
 def v2_kind(name: str) -> str:
     """The v2 value kind of a request field: 'string', 'int', 'float' or 'bool'."""
     annotation = GenerationRequest.model_fields[name].annotation
-    text = str(annotation)
-    if annotation is str or "Literal" in text or "str" in text:
-        return "string"
-    if "float" in text:
-        return "float"
-    if "bool" in text:
-        return "bool"
-    return "int"
+    (base,) = [t for t in (get_args(annotation) or (annotation,)) if t is not NoneType]
+    return "string" if get_origin(base) is Literal else _V2_KINDS[base]
