@@ -38,6 +38,14 @@ class Limits:
         return cls(config.max_num_images, config.max_steps, config.max_side, config.max_pixels)
 
 
+# Fields whose upper bound is the operator's: field -> Limits attribute.
+_SERVER_LIMITED = {
+    "num_inference_steps": "max_steps",
+    "refiner_inference_steps": "max_steps",
+    "num_images": "max_num_images",
+}
+
+
 def _limits(info: ValidationInfo) -> Limits:
     return info.context if isinstance(info.context, Limits) else Limits()
 
@@ -72,18 +80,10 @@ class GenerationRequest(BaseModel):
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("num_inference_steps", "refiner_inference_steps")
+    @field_validator(*_SERVER_LIMITED)
     @classmethod
-    def _steps_within_limit(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_steps
-        if value > limit:
-            raise ValueError(f"must be between 1 and {limit}")
-        return value
-
-    @field_validator("num_images")
-    @classmethod
-    def _images_within_limit(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_num_images
+    def _within_server_limit(cls, value: int, info: ValidationInfo) -> int:
+        limit = getattr(_limits(info), _SERVER_LIMITED[info.field_name])
         if value > limit:
             raise ValueError(f"must be between 1 and {limit}")
         return value
