@@ -13,7 +13,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse,
 
 from . import media
 from .errors import RequestError
-from .schemas import FIELD_NAMES, v2_kind
+from .schemas import FIELD_KINDS, FIELD_NAMES
 
 _INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 V2_DATATYPES = {
@@ -100,7 +100,7 @@ def v2_instance(request: InferRequest) -> dict[str, Any]:
         name = tensor.name
         if name not in FIELD_NAMES:
             raise RequestError(name, f"unknown input tensor (allowed: {', '.join(FIELD_NAMES)})")
-        kind = v2_kind(name)
+        kind = FIELD_KINDS[name]
         if tensor.datatype not in V2_DATATYPES[kind]:
             allowed = ", ".join(V2_DATATYPES[kind])
             raise RequestError(name, f"datatype must be one of {allowed}, got {tensor.datatype}")
@@ -145,7 +145,7 @@ def v2_response(request: InferRequest, result: GenerationResult, model_name: str
 
 def v2_input_types() -> list[dict[str, Any]]:
     """The inputs `GET /v2/models/{name}` lists: every request field as a [1] tensor."""
-    return [{"name": name, "datatype": _V2_DECLARED[v2_kind(name)], "shape": [1]} for name in FIELD_NAMES]
+    return [{"name": name, "datatype": _V2_DECLARED[kind], "shape": [1]} for name, kind in FIELD_KINDS.items()]
 
 
 def v2_output_types() -> list[dict[str, Any]]:

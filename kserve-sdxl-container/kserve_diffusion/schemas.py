@@ -105,17 +105,13 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+_BOUND_WORDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
 def _range_text(name: str) -> str:
-    lower = upper = ""
-    for constraint in GenerationRequest.model_fields[name].metadata:
-        for attr, words in (("ge", ">= {}"), ("gt", "> {}"), ("le", "<= {}"), ("lt", "< {}")):
-            bound = getattr(constraint, attr, None)
-            if bound is not None:
-                if attr in ("ge", "gt"):
-                    lower = words.format(bound)
-                else:
-                    upper = words.format(bound)
-    return " and ".join(part for part in (lower, upper) if part)
+    metadata = GenerationRequest.model_fields[name].metadata
+    bounds = {attr: getattr(c, attr) for c in metadata for attr, _ in _BOUND_WORDS if hasattr(c, attr)}
+    return " and ".join(f"{words} {bounds[attr]}" for attr, words in _BOUND_WORDS if attr in bounds)
 
 
 def describe_error(error: dict[str, Any]) -> str:
@@ -154,11 +150,10 @@ def parse_request(data: Any, limits: Limits) -> GenerationRequest:
         raise RequestErrors([describe_error(error) for error in exc.errors(include_url=False)]) from None
 
 
-_V2_KINDS = {str: "string", int: "int", float: "float", bool: "bool"}
-
-
-def v2_kind(name: str) -> str:
-    """The v2 value kind of a request field: 'string', 'int', 'float' or 'bool'."""
-    annotation = GenerationRequest.model_fields[name].annotation
+def _v2_kind(annotation: Any) -> str:
     (base,) = [t for t in (get_args(annotation) or (annotation,)) if t is not NoneType]
-    return "string" if get_origin(base) is Literal else _V2_KINDS[base]
+    return "string" if get_origin(base) is Literal else {str: "string", int: "int", float: "float", bool: "bool"}[base]
+
+
+# The v2 value kind of each request field ('string', 'int', 'float' or 'bool'), worked out once.
+FIELD_KINDS: dict[str, str] = {name: _v2_kind(f.annotation) for name, f in GenerationRequest.model_fields.items()}

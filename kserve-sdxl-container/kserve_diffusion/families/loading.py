@@ -32,12 +32,16 @@ def load_pretrained(cls: type[DiffusionPipeline], model_id: str, flag: str, **kw
 
 
 def load_single_file(
-    cls: type[DiffusionPipeline], checkpoint: str, config_dir: str | None, flag: str, **kwargs: Any
+    cls: type[DiffusionPipeline], checkpoint: str, config_dir: str | None, flags: str, **kwargs: Any
 ) -> DiffusionPipeline:
-    """`cls.from_single_file`, offline when a local config folder is given."""
+    """`cls.from_single_file`, offline when a local config folder is given.
+
+    `flags` is the flag prefix the operator used (`--single_file`), for `{flags}_model` / `{flags}_config`.
+    """
+    flag = f"{flags}_config"
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise ConfigError(f"{flag.replace('_config', '_model')}: no such file {path}")
+        raise ConfigError(f"{flags}_model: no such file {path}")
     if config_dir is not None:
         if not (Path(config_dir) / "model_index.json").is_file():
             raise ConfigError(f"{flag}: {config_dir} is not a diffusers config folder (no model_index.json)")

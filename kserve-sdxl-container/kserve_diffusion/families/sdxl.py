@@ -123,7 +123,7 @@ def load(config: ServerConfig) -> SDXLRunner:
             StableDiffusionXLPipeline,
             config.single_file_model,
             config.single_file_config,
-            "--single_file_config",
+            "--single_file",
             **common,
         )
     else:
@@ -136,7 +136,7 @@ def load(config: ServerConfig) -> SDXLRunner:
                 StableDiffusionXLImg2ImgPipeline,
                 config.refiner_single_file_model,
                 config.refiner_single_file_config,
-                "--refiner_single_file_config",
+                "--refiner_single_file",
                 **shared,
                 **common,
             )
