@@ -14,7 +14,13 @@ import httpx
 import pytest
 from kserve_diffusion import tiny
 
+from tests.image_host import ImageHost
+
 STARTUP_TIMEOUT = 180
+# Limits of `image_server`, small enough for the tests to cross them cheaply.
+IMAGE_SERVER_MAX_BYTES = 300_000
+IMAGE_SERVER_MAX_PIXELS = 250_000
+IMAGE_SERVER_FETCH_TIMEOUT = 2
 
 
 def free_port() -> int:
@@ -92,13 +98,15 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny SDXL base and refiner, each as a diffusers folder and as a single file + config."""
+    """The tiny SDXL base, refiner and inpainting model, each as a diffusers folder and as a single file + config."""
     root = tmp_path_factory.mktemp("tiny")
     return {
         "sdxl": tiny.write("sdxl", root / "sdxl"),
         "sdxl_file": tiny.write("sdxl", root / "sdxl-file", single_file=True),
         "refiner": tiny.write("sdxl-refiner", root / "refiner"),
         "refiner_file": tiny.write("sdxl-refiner", root / "refiner-file", single_file=True),
+        "inpaint": tiny.write("sdxl-inpaint", root / "inpaint"),
+        "inpaint_file": tiny.write("sdxl-inpaint", root / "inpaint-file", single_file=True),
     }
 
 
@@ -132,6 +140,39 @@ def refiner_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPa
         str(refiner.parent / "config"),
     ]
     server = start_server(args, tmp_path_factory.mktemp("logs") / "refiner.log", env={"HF_HUB_OFFLINE": "1"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def image_host() -> Iterator[ImageHost]:
+    """The loopback image server (good files, slow, endless and redirecting routes)."""
+    host = ImageHost().start()
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="session")
+def image_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The tiny base with a dedicated inpainting single file, private image URLs allowed, small input limits."""
+    inpaint = tiny_models["inpaint_file"]
+    args = [
+        "--model_id",
+        str(tiny_models["sdxl"]),
+        "--inpaint_model_id",
+        str(inpaint),
+        "--inpaint_single_file_config",
+        str(inpaint.parent / "config"),
+        "--allow_private_image_urls",
+        "true",
+        "--max_image_bytes",
+        str(IMAGE_SERVER_MAX_BYTES),
+        "--max_image_pixels",
+        str(IMAGE_SERVER_MAX_PIXELS),
+        "--image_fetch_timeout",
+        str(IMAGE_SERVER_FETCH_TIMEOUT),
+    ]
+    server = start_server(args, tmp_path_factory.mktemp("logs") / "image.log", env={"HF_HUB_OFFLINE": "1"})
     yield server
     server.stop()
 

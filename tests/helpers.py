@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
+import httpx
 from PIL import Image
 
 
@@ -20,6 +21,26 @@ def open_image(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def as_data_url(data: bytes, mime: str = "image/png") -> str:
+    """File bytes as a base64 data URL."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def predict(http: httpx.Client, *instances: dict) -> httpx.Response:
+    """POST a v1 predict for the demo model name."""
+    return http.post("/v1/models/sdxl:predict", json={"instances": list(instances)})
+
+
+def only_image(response: httpx.Response) -> tuple[dict, Image.Image, bytes]:
+    """(prediction, image, PNG bytes) of a successful single-image v1 answer."""
+    assert response.status_code == 200, response.text
+    (prediction,) = response.json()["predictions"]
+    (url,) = prediction["images"]
+    mime, data = decode_data_url(url)
+    assert mime == "image/png"
+    return prediction, open_image(data), data
 
 
 def small(**fields: object) -> dict:

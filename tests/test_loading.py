@@ -10,7 +10,9 @@ from kserve_diffusion import devices, ldm_export, tiny
 from kserve_diffusion.config import ServerConfig
 from kserve_diffusion.errors import ConfigError
 from kserve_diffusion.families import get_family, sdxl
+from kserve_diffusion.inputs import InputImages
 from kserve_diffusion.schemas import Limits, parse_request
+from PIL import Image
 from safetensors.torch import load_file
 
 
@@ -21,6 +23,49 @@ def test_refiner_shares_text_encoder_2_and_vae(tiny_models: dict[str, Path]) -> 
     assert runner.refiner.text_encoder_2 is runner.base.text_encoder_2
     assert runner.refiner.vae is runner.base.vae
     assert runner.refiner.unet is not runner.base.unet
+
+
+def test_image_pipelines_are_made_of_the_base_modules(tiny_models: dict[str, Path]) -> None:
+    """img2img and inpaint hold the base's very module objects: no second copy, no dtype cast."""
+    runner = sdxl.load(ServerConfig(model_id=str(tiny_models["sdxl"]), dtype="float16"))
+    for pipeline in (runner.img2img, runner.inpaint):
+        for name, module in runner.base.components.items():
+            assert pipeline.components[name] is module, name
+    assert runner.img2img.unet.dtype == runner.inpaint.vae.dtype == torch.float16
+
+
+@pytest.mark.parametrize("layout", ["folder", "single_file"])
+def test_dedicated_inpaint_model_brings_only_its_unet(tiny_models: dict[str, Path], layout: str) -> None:
+    if layout == "folder":
+        config = ServerConfig(model_id=str(tiny_models["sdxl"]), inpaint_model_id=str(tiny_models["inpaint"]))
+    else:
+        checkpoint = tiny_models["inpaint_file"]
+        config = ServerConfig(
+            model_id=str(tiny_models["sdxl"]),
+            inpaint_model_id=str(checkpoint),
+            inpaint_single_file_config=str(checkpoint.parent / "config"),
+        )
+    runner = sdxl.load(config)
+    assert runner.inpaint.unet is not runner.base.unet and runner.inpaint.unet.config.in_channels == 9
+    for name in sdxl.INPAINT_SHARED:
+        assert getattr(runner.inpaint, name) is getattr(runner.base, name), name
+    expected = tiny.build_sdxl_inpaint().unet.state_dict()
+    loaded = runner.inpaint.unet.state_dict()
+    assert expected.keys() == loaded.keys() and all(torch.equal(expected[k], loaded[k]) for k in expected)
+
+
+def test_inpaint_flags_are_checked(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    base = str(tiny_models["sdxl"])
+    with pytest.raises(ConfigError, match="--inpaint_single_file_config: needs --inpaint_model_id"):
+        sdxl.load(ServerConfig(model_id=base, inpaint_single_file_config=str(tmp_path)))
+    with pytest.raises(
+        ConfigError, match="--inpaint_single_file_config: only used when --inpaint_model_id is a single"
+    ):
+        sdxl.load(
+            ServerConfig(model_id=base, inpaint_model_id=str(tiny_models["inpaint"]), inpaint_single_file_config=base)
+        )
+    with pytest.raises(ConfigError, match="--inpaint_model_id: .* is not a diffusers model folder"):
+        sdxl.load(ServerConfig(model_id=base, inpaint_model_id=str(tmp_path)))
 
 
 def test_requests_do_not_mutate_the_shared_scheduler(tiny_models: dict[str, Path]) -> None:
@@ -149,3 +194,13 @@ def test_gpu_device_modes_generate(tiny_models: dict[str, Path], mode: str) -> N
     )
     images = runner.generate(runner.check(request, Limits()), seed=1)
     assert images[0].size == (64, 64)
+    # image-to-image (through the refiner) and inpainting share those hooked modules
+    picture, mask = Image.new("RGB", (64, 64), "red"), Image.new("L", (64, 64), 255)
+    for fields, inputs in (
+        ({"image": "x"}, InputImages(picture)),
+        ({"image": "x", "mask": "y"}, InputImages(picture, mask)),
+    ):
+        request = parse_request(
+            {"prompt": "x", "height": 64, "width": 64, "num_inference_steps": 4, **fields}, Limits()
+        )
+        assert runner.generate(runner.check(request, Limits()), 1, inputs)[0].size == (64, 64)

@@ -95,7 +95,7 @@ BAD_INSTANCES = [
     (small(high_noise_frac=0.8), "high_noise_frac", "refiner"),
     (small(scheduler="EULER"), "scheduler", "K_EULER_ANCESTRAL"),
     (small(task_type="paint"), "task_type", "text2img"),
-    (small(task_type="img2img"), "task_type", "serves text2img"),
+    (small(task_type="text2video"), "task_type", "serves text2img, img2img, inpaint"),
     (small(promt="typo"), "promt", "unknown field"),
     (small(seed=-1), "seed", ">= 0"),
     (small(seed=1.5), "seed", "integer"),

@@ -56,6 +56,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _choice(choices: Sequence[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -105,6 +112,37 @@ OPTIONS: tuple[Option, ...] = (
         "local diffusers-format config folder for --refiner_single_file_model (offline)",
     ),
     Option(
+        "inpaint_model_id",
+        "INPAINT_MODEL_ID",
+        str,
+        None,
+        "dedicated SDXL inpainting model: diffusers folder, hub id or single .safetensors file "
+        "(default: inpainting is built from the base model)",
+    ),
+    Option(
+        "inpaint_single_file_config",
+        "INPAINT_SINGLE_FILE_CONFIG",
+        str,
+        None,
+        "local diffusers-format config folder when --inpaint_model_id is a single file (offline)",
+    ),
+    Option(
+        "allow_private_image_urls",
+        "ALLOW_PRIVATE_IMAGE_URLS",
+        parse_bool,
+        False,
+        "let image_url/mask_url reach private, loopback and link-local addresses (in-cluster object stores)",
+    ),
+    Option("max_image_bytes", "MAX_IMAGE_BYTES", _positive_int, 20_000_000, "largest input image file in bytes"),
+    Option("max_image_pixels", "MAX_IMAGE_PIXELS", _positive_int, 40_000_000, "largest input image in pixels"),
+    Option(
+        "image_fetch_timeout",
+        "IMAGE_FETCH_TIMEOUT",
+        _positive_float,
+        10.0,
+        "seconds an image_url download may take in all (connect, redirects, body)",
+    ),
+    Option(
         "device",
         "DEVICE",
         _choice(DEVICES),
@@ -134,6 +172,12 @@ class ServerConfig:
     refiner_id: str | None = None
     refiner_single_file_model: str | None = None
     refiner_single_file_config: str | None = None
+    inpaint_model_id: str | None = None
+    inpaint_single_file_config: str | None = None
+    allow_private_image_urls: bool = False
+    max_image_bytes: int = 20_000_000
+    max_image_pixels: int = 40_000_000
+    image_fetch_timeout: float = 10.0
     device: str = "cpu"
     dtype: str = "float32"
     max_num_images: int = 4

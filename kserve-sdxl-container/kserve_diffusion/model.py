@@ -17,6 +17,7 @@ from . import media, protocols
 from .config import ServerConfig
 from .errors import GenerationFailed
 from .families import Family, Runner
+from .inputs import InputImages, InputLoader, InputPolicy
 from .schemas import GenerationRequest, Limits, parse_request
 from .worker import GenerationWorker
 
@@ -33,6 +34,7 @@ class DiffusionModel(Model):
         self.family = family
         self.limits = Limits.from_config(config)
         self.runner: Runner | None = None
+        self.inputs: InputLoader | None = None
         self.worker = GenerationWorker()
 
     def load(self) -> bool:
@@ -40,6 +42,7 @@ class DiffusionModel(Model):
         if self.runner is None:
             started = time.perf_counter()
             self.runner = self.family.load(self.config)
+            self.inputs = InputLoader(InputPolicy.from_config(self.config), self.limits, self.runner.size_multiple)
             logger.info(
                 "model %r (%s) loaded in %.1fs on %s as %s",
                 self.name,
@@ -68,23 +71,30 @@ class DiffusionModel(Model):
         assert self.runner is not None
         return self.runner.check(parse_request(instance, self.limits), self.limits)
 
+    async def _with_inputs(self, request: GenerationRequest) -> tuple[GenerationRequest, InputImages]:
+        assert self.inputs is not None
+        return await self.inputs.load(request)
+
     async def predict(
         self, payload: dict | bytes | InferRequest, headers: dict[str, str] | None = None
     ) -> dict | InferResponse:
-        """v1 body or v2 InferRequest in; every instance is validated before any is generated."""
+        """v1 body or v2 InferRequest in; every instance is validated (inputs fetched) before any is generated."""
         request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex[:16]
         if isinstance(payload, InferRequest):
-            request = self._check(protocols.v2_instance(payload))
-            result = await self._generate(request, request_id)
+            request, inputs = await self._with_inputs(self._check(protocols.v2_instance(payload)))
+            result = await self._generate(request, inputs, request_id)
             return protocols.v2_response(payload, result, self.name)
-        requests = [self._check(i) for i in protocols.v1_instances(payload, self.config.max_instances)]
-        return protocols.v1_response([await self._generate(r, request_id) for r in requests])
+        checked = [self._check(i) for i in protocols.v1_instances(payload, self.config.max_instances)]
+        jobs = [await self._with_inputs(request) for request in checked]
+        return protocols.v1_response([await self._generate(r, inputs, request_id) for r, inputs in jobs])
 
-    async def _generate(self, request: GenerationRequest, request_id: str) -> protocols.GenerationResult:
+    async def _generate(
+        self, request: GenerationRequest, inputs: InputImages, request_id: str
+    ) -> protocols.GenerationResult:
         assert self.runner is not None and request.task_type is not None
         seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
         try:
-            timed = await self.worker.run(partial(self.runner.generate, request, seed))
+            timed = await self.worker.run(partial(self.runner.generate, request, seed, inputs))
         except Exception as exc:
             logger.exception("request %s failed during generation", request_id)
             raise GenerationFailed(

@@ -18,11 +18,12 @@ from .schemas import FIELD_KINDS, FIELD_NAMES
 _INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 V2_DATATYPES = {
     "string": ("BYTES",),
+    "bytes": ("BYTES",),
     "int": _INTEGER_TYPES,
     "float": ("FP16", "FP32", "FP64", *_INTEGER_TYPES),
     "bool": ("BOOL",),
 }
-_V2_DECLARED = {"string": "BYTES", "int": "INT64", "float": "FP32", "bool": "BOOL"}
+_V2_DECLARED = {"string": "BYTES", "bytes": "BYTES", "int": "INT64", "float": "FP32", "bool": "BOOL"}
 # v2 request parameters that steer the protocol itself, not the generation.
 PROTOCOL_PARAMETERS = frozenset({"binary_data_output"})
 
@@ -79,6 +80,8 @@ def v1_response(results: list[GenerationResult]) -> dict[str, Any]:
 def _scalar(value: Any, kind: str) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
+    if kind == "bytes":  # image files: raw bytes (binary / gRPC) or base64 text (JSON)
+        return value
     if kind == "string":
         if isinstance(value, bytes):
             try:

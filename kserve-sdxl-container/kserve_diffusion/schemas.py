@@ -18,6 +18,16 @@ from .config import ServerConfig
 from .errors import RequestError, RequestErrors
 
 TASK_TYPES = ("text2img", "img2img", "inpaint", "text2video")
+# The input images each task reads; each can arrive inline (`image`) or by URL (`image_url`).
+TASK_INPUTS: dict[str, tuple[str, ...]] = {
+    "text2img": (),
+    "img2img": ("image",),
+    "inpaint": ("image", "mask"),
+    "text2video": (),
+}
+INPUT_FIELDS = {"image": ("image", "image_url"), "mask": ("mask", "mask_url")}
+DEFAULT_STRENGTH = 0.3  # seed 000's default: a light refinement
+TASK_DEFAULT_STRENGTH = {"inpaint": 1.0}  # inpainting repaints the masked area from scratch
 MAX_PROMPT_CHARS = 10_000
 MAX_SEED = 2**63 - 1  # fits the v2 INT64 tensor the seed is echoed in
 MIN_SIDE = 64
@@ -60,6 +70,18 @@ class GenerationRequest(BaseModel):
     )
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what to draw")]
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="what to avoid")
+    image_url: str | None = Field(
+        None, min_length=1, repr=False, description="input image for img2img/inpaint: an http(s) or data URL"
+    )
+    image: str | bytes | None = Field(
+        None, min_length=1, repr=False, description="input image inline: base64 or a data URL (v2: the file bytes)"
+    )
+    mask_url: str | None = Field(
+        None, min_length=1, repr=False, description="inpainting mask (white = repaint): an http(s) or data URL"
+    )
+    mask: str | bytes | None = Field(
+        None, min_length=1, repr=False, description="inpainting mask inline: base64 or a data URL (v2: the file bytes)"
+    )
     height: int = Field(1024, description="image height in pixels, a multiple of 8")
     width: int = Field(1024, description="image width in pixels, a multiple of 8")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when absent; always echoed")
@@ -67,8 +89,16 @@ class GenerationRequest(BaseModel):
     num_inference_steps: int = Field(25, ge=1, description="denoising steps of the base model")
     refiner_inference_steps: int = Field(50, ge=1, description="refiner steps when it refines with strength")
     guidance_scale: float = Field(7.5, ge=0, le=50, description="classifier-free guidance scale")
-    strength: float = Field(0.3, gt=0, le=1, description="how much the refiner changes the base image")
+    strength: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="how much the input (or base) image is changed: 0.3 by default, 1.0 for inpaint",
+    )
     num_images: int = Field(1, ge=1, description="images generated in one batched call")
+    use_refiner: bool | None = Field(
+        None, description="false skips the server's refiner for this request (text2img, img2img)"
+    )
     high_noise_frac: float | None = Field(
         None, gt=0, lt=1, description="ensemble of experts: fraction of steps the base runs before the refiner"
     )
@@ -105,6 +135,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+_UNION_TAGS = ("str", "bytes")
 _BOUND_WORDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
 
 
@@ -116,16 +147,21 @@ def _range_text(name: str) -> str:
 
 def describe_error(error: dict[str, Any]) -> str:
     """One pydantic error as '<field>: <what is wrong>, got <value>'."""
-    field = ".".join(str(part) for part in error["loc"]) or "request"
+    loc = error["loc"]
     kind = error["type"]
     value = error.get("input")
+    if len(loc) == 2 and loc[1] in _UNION_TAGS:  # `str | bytes` fields: one message, not one per member
+        loc = loc[:1]
+        if kind in ("string_type", "bytes_type"):
+            return f"{loc[0]}: must be a string, got {_shown(value)}"
+    field = ".".join(str(part) for part in loc) or "request"
     if kind == "extra_forbidden":
         return f"{field}: unknown field (allowed: {', '.join(FIELD_NAMES)})"
     if kind == "missing":
         return f"{field}: required field is missing"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         problem = f"must be {_range_text(field)}"
-    elif kind == "string_too_short":
+    elif kind in ("string_too_short", "bytes_too_short", "too_short"):
         problem = "must not be empty"
     elif kind == "string_too_long":
         problem = f"must be at most {error['ctx']['max_length']} characters"
@@ -147,13 +183,45 @@ def parse_request(data: Any, limits: Limits) -> GenerationRequest:
     try:
         return GenerationRequest.model_validate(data, context=limits)
     except ValidationError as exc:
-        raise RequestErrors([describe_error(error) for error in exc.errors(include_url=False)]) from None
+        messages = [describe_error(error) for error in exc.errors(include_url=False)]
+        raise RequestErrors(list(dict.fromkeys(messages))) from None
+
+
+def given_input(request: GenerationRequest, name: str) -> str | None:
+    """The field that carries input `name` ('image' or 'image_url'), None when absent; both is a 400."""
+    inline, url = INPUT_FIELDS[name]
+    present = [field for field in (inline, url) if getattr(request, field) is not None]
+    if len(present) == 2:
+        raise RequestError(inline, f"give either {inline} or {url}, not both")
+    return present[0] if present else None
+
+
+def resolve_task(request: GenerationRequest, default_task: str) -> GenerationRequest:
+    """The request with its task (explicit, else inferred from its inputs) and task defaults filled in."""
+    image, mask = given_input(request, "image"), given_input(request, "mask")
+    task = request.task_type
+    if task is None:
+        if mask and not image:
+            raise RequestError(mask, "given without an image: inpainting needs image or image_url as well")
+        task = "inpaint" if mask else "img2img" if image else default_task
+    for name in TASK_INPUTS[task]:
+        if given_input(request, name) is None:
+            raise RequestError(name, f"task_type {task} needs {name} or {INPUT_FIELDS[name][1]}")
+    strength = request.strength
+    if strength is None:
+        strength = TASK_DEFAULT_STRENGTH.get(task, DEFAULT_STRENGTH)
+    return request.model_copy(update={"task_type": task, "strength": strength})
 
 
 def _v2_kind(annotation: Any) -> str:
-    (base,) = [t for t in (get_args(annotation) or (annotation,)) if t is not NoneType]
+    members = [t for t in (get_args(annotation) or (annotation,)) if t is not NoneType]
+    if bytes in members:
+        return "bytes"
+    (base,) = members
     return "string" if get_origin(base) is Literal else {str: "string", int: "int", float: "float", bool: "bool"}[base]
 
 
-# The v2 value kind of each request field ('string', 'int', 'float' or 'bool'), worked out once.
+# The v2 value kind of each request field ('string', 'bytes', 'int', 'float' or 'bool'), worked out once.
 FIELD_KINDS: dict[str, str] = {name: _v2_kind(f.annotation) for name, f in GenerationRequest.model_fields.items()}
+# Fields that hold file bytes (v2 BYTES tensors may carry the raw file).
+FILE_FIELDS = tuple(name for name, kind in FIELD_KINDS.items() if kind == "bytes")

@@ -2,9 +2,10 @@
 
 Real diffusers/transformers classes with tiny dimensions and tokenizers generated locally, so
 nothing is downloaded. The VAE downsamples by 8 like the real one. Every component is built from
-its own fixed seed, so the tiny refiner's `text_encoder_2` and VAE equal the tiny base's.
+its own fixed seed, so the tiny refiner's `text_encoder_2` and VAE, and the tiny inpainting model's
+text encoders and VAE, equal the tiny base's.
 
-Usage: python -m kserve_diffusion.tiny --family sdxl|sdxl-refiner --out DIR [--single-file]
+Usage: python -m kserve_diffusion.tiny --family sdxl|sdxl-refiner|sdxl-inpaint --out DIR [--single-file]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
     StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -40,7 +42,8 @@ LAYERS_PER_BLOCK = 1
 VAE_BLOCKS = 4  # three downsamplings: a factor of 8, as in the real SDXL VAE
 # SGM's conditioner checks for block 9 of the OpenCLIP encoder, so the tiny one keeps ten layers.
 OPEN_CLIP_LAYERS = 10
-FAMILIES = ("sdxl", "sdxl-refiner")
+# A dedicated inpainting UNet reads noisy latents (4), the mask (1) and the masked image's latents (4).
+INPAINT_IN_CHANNELS = 9
 
 
 def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -87,10 +90,10 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def _unet(cross_attention_dim: int, time_ids: int) -> UNet2DConditionModel:
+def _unet(cross_attention_dim: int, time_ids: int, in_channels: int = 4) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=128,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=LAYERS_PER_BLOCK,
@@ -154,13 +157,35 @@ def build_sdxl_refiner() -> StableDiffusionXLImg2ImgPipeline:
     )
 
 
-BUILDERS: dict[str, Callable[[], StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline]] = {
+def build_sdxl_inpaint() -> StableDiffusionXLInpaintPipeline:
+    """The tiny dedicated SDXL inpainting model: a 9-channel UNet; encoders and VAE identical to the tiny base's."""
+    base = build_sdxl_base()
+    return StableDiffusionXLInpaintPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer_2=base.tokenizer_2,
+        unet=_seeded(
+            6,
+            lambda: _unet(
+                cross_attention_dim=CLIP_HIDDEN + OPEN_CLIP_HIDDEN, time_ids=6, in_channels=INPAINT_IN_CHANNELS
+            ),
+        ),
+        scheduler=_scheduler(),
+    )
+
+
+SDXLPipelines = StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline | StableDiffusionXLInpaintPipeline
+BUILDERS: dict[str, Callable[[], SDXLPipelines]] = {
     "sdxl": build_sdxl_base,
     "sdxl-refiner": build_sdxl_refiner,
+    "sdxl-inpaint": build_sdxl_inpaint,
 }
+FAMILIES = tuple(BUILDERS)
 
 
-def single_file_state(pipeline: StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline) -> dict:
+def single_file_state(pipeline: SDXLPipelines) -> dict:
     """The whole pipeline as one state dict in the original SDXL checkpoint layout."""
     state = ldm_export.unet_to_ldm(pipeline.unet.state_dict(), pipeline.unet.config.layers_per_block)
     state.update(ldm_export.vae_to_ldm(pipeline.vae.state_dict(), len(pipeline.vae.config.down_block_types)))

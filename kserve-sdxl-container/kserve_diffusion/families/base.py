@@ -9,6 +9,7 @@ from typing import Protocol
 from PIL.Image import Image
 
 from ..config import ServerConfig
+from ..inputs import NO_INPUTS, InputImages
 from ..schedulers import SchedulerFactory
 from ..schemas import GenerationRequest, Limits
 
@@ -17,13 +18,15 @@ class Runner(Protocol):
     """A loaded family: checks requests against what it can do, and generates."""
 
     tasks: tuple[str, ...]
+    default_task: str  # the task of a request that names none and gives no input image
+    size_multiple: int  # output width and height must be multiples of this
     schedulers: Mapping[str, SchedulerFactory]
 
     def check(self, request: GenerationRequest, limits: Limits) -> GenerationRequest:
         """Apply family rules; return the request with its task resolved, or raise RequestError."""
         ...
 
-    def generate(self, request: GenerationRequest, seed: int) -> list[Image]:
+    def generate(self, request: GenerationRequest, seed: int, inputs: InputImages = NO_INPUTS) -> list[Image]:
         """Run the pipeline(s) on the calling (accelerator) thread."""
         ...
 

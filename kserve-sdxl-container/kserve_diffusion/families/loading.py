@@ -32,19 +32,23 @@ def load_pretrained(cls: type[DiffusionPipeline], model_id: str, flag: str, **kw
 
 
 def load_single_file(
-    cls: type[DiffusionPipeline], checkpoint: str, config_dir: str | None, flags: str, **kwargs: Any
+    cls: type[DiffusionPipeline],
+    checkpoint: str,
+    config_dir: str | None,
+    model_flag: str,
+    config_flag: str,
+    **kwargs: Any,
 ) -> DiffusionPipeline:
     """`cls.from_single_file`, offline when a local config folder is given.
 
-    `flags` is the flag prefix the operator used (`--single_file`), for `{flags}_model` / `{flags}_config`.
+    `model_flag` / `config_flag` are the flags the operator set the paths with, for error messages.
     """
-    flag = f"{flags}_config"
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise ConfigError(f"{flags}_model: no such file {path}")
+        raise ConfigError(f"{model_flag}: no such file {path}")
     if config_dir is not None:
         if not (Path(config_dir) / "model_index.json").is_file():
-            raise ConfigError(f"{flag}: {config_dir} is not a diffusers config folder (no model_index.json)")
+            raise ConfigError(f"{config_flag}: {config_dir} is not a diffusers config folder (no model_index.json)")
         logger.info("loading %s from single file %s with configs from %s", cls.__name__, path, config_dir)
         return cls.from_single_file(str(path), config=str(config_dir), local_files_only=True, **kwargs)
     logger.info("loading %s from single file %s (configs from the hub)", cls.__name__, path)
@@ -53,5 +57,5 @@ def load_single_file(
     except Exception as exc:  # diffusers raises several types when the hub is out of reach
         raise ConfigError(
             f"could not fetch the configs for {path} from the hub ({type(exc).__name__}); "
-            f"offline, set {flag} DIR to a local diffusers-format folder with the configs and tokenizers"
+            f"offline, set {config_flag} DIR to a local diffusers-format folder with the configs and tokenizers"
         ) from exc

@@ -1,21 +1,28 @@
-"""SDXL: base text-to-image, with an optional refiner sharing `text_encoder_2` and the VAE."""
+"""SDXL: text-to-image with an optional refiner, image-to-image and inpainting, every weight loaded once."""
 
 from __future__ import annotations
 
 import copy
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    DiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+)
 from PIL.Image import Image
 
 from .. import devices
 from ..config import ServerConfig
-from ..errors import RequestError
+from ..errors import ConfigError, RequestError
+from ..inputs import NO_INPUTS, InputImages, check_pixels, check_side
 from ..schedulers import SDXL_SCHEDULERS, SchedulerFactory, build_scheduler
-from ..schemas import GenerationRequest, Limits
+from ..schemas import GenerationRequest, Limits, resolve_task
 from .loading import load_pretrained, load_single_file
 
 logger = logging.getLogger("kserve.diffusion")
@@ -30,56 +37,82 @@ def with_scheduler(pipeline: DiffusionPipeline, scheduler: Any) -> DiffusionPipe
 
 
 class SDXLRunner:
-    """Loaded SDXL pipelines and the text-to-image flow (plain, refine, ensemble of experts)."""
+    """Loaded SDXL pipelines: text-to-image (plain, refine, ensemble of experts), image-to-image, inpainting."""
 
-    tasks = ("text2img",)
+    tasks = ("text2img", "img2img", "inpaint")
+    default_task = "text2img"
+    size_multiple = SIZE_MULTIPLE
     schedulers: Mapping[str, SchedulerFactory] = SDXL_SCHEDULERS
 
-    def __init__(self, base: StableDiffusionXLPipeline, refiner: StableDiffusionXLImg2ImgPipeline | None):
+    def __init__(
+        self,
+        base: StableDiffusionXLPipeline,
+        refiner: StableDiffusionXLImg2ImgPipeline | None,
+        img2img: StableDiffusionXLImg2ImgPipeline,
+        inpaint: StableDiffusionXLInpaintPipeline,
+    ):
         self.base = base
         self.refiner = refiner
+        self.img2img = img2img
+        self.inpaint = inpaint
+
+    def uses_refiner(self, request: GenerationRequest) -> bool:
+        """Whether this request goes through the refiner (the server has one and the request does not opt out)."""
+        refinable = request.task_type in ("text2img", "img2img")
+        return self.refiner is not None and request.use_refiner is not False and refinable
 
     def check(self, request: GenerationRequest, limits: Limits) -> GenerationRequest:
-        """SDXL rules: served task, sizes, scheduler names, refiner-only fields."""
-        task = request.task_type or "text2img"
+        """SDXL rules: served task, sizes, scheduler names, refiner fields, steps x strength."""
+        request = resolve_task(request, self.default_task)
+        task = request.task_type
         if task not in self.tasks:
             raise RequestError("task_type", f"this server serves {', '.join(self.tasks)}, got {task!r}")
-        for side in ("height", "width"):
-            value = getattr(request, side)
-            if value % SIZE_MULTIPLE:
-                lower = value - value % SIZE_MULTIPLE
-                raise RequestError(
-                    side,
-                    f"must be a multiple of {SIZE_MULTIPLE} (e.g. {lower} or {lower + SIZE_MULTIPLE}), got {value}",
-                )
-        if request.height * request.width > limits.max_pixels:
-            raise RequestError(
-                "height",
-                f"height x width must be at most {limits.max_pixels} pixels, got "
-                f"{request.height} x {request.width} = {request.height * request.width}",
-            )
+        # Image tasks take a missing side from the input image; the loader checks what it derives.
+        given = {"width", "height"} if task == "text2img" else {"width", "height"} & request.model_fields_set
+        for side in sorted(given):
+            check_side(side, getattr(request, side), limits, SIZE_MULTIPLE)
+        if len(given) == 2:
+            check_pixels(request.width, request.height, limits)
         if request.scheduler not in self.schedulers:
             raise RequestError("scheduler", f"must be one of {', '.join(self.schedulers)}, got {request.scheduler!r}")
-        if self.refiner is None:
-            if request.high_noise_frac is not None:
-                raise RequestError(
-                    "high_noise_frac",
-                    f"needs a refiner and this server has none (start it with --use_refiner true), "
-                    f"got {request.high_noise_frac}",
-                )
-        elif request.high_noise_frac is None and int(request.refiner_inference_steps * request.strength) < 1:
+        self._check_refiner_fields(request)
+        assert request.strength is not None  # resolve_task filled it in
+        if self.uses_refiner(request) and request.high_noise_frac is None:
+            steps_field, steps = "refiner_inference_steps", request.refiner_inference_steps
+        elif task != "text2img":
+            steps_field, steps = "num_inference_steps", request.num_inference_steps
+        else:
+            return request
+        if int(steps * request.strength) < 1:
             raise RequestError(
-                "refiner_inference_steps",
-                f"refines for refiner_inference_steps x strength steps, which must be at least 1, got "
-                f"{request.refiner_inference_steps} x {request.strength}",
+                steps_field,
+                f"{task} runs {steps_field} x strength steps, which must be at least 1, "
+                f"got {steps} x {request.strength}",
             )
-        return request.model_copy(update={"task_type": task})
+        return request
+
+    def _check_refiner_fields(self, request: GenerationRequest) -> None:
+        if request.use_refiner and self.refiner is None:
+            raise RequestError("use_refiner", "this server has no refiner (start it with --use_refiner true), got true")
+        if request.use_refiner and request.task_type == "inpaint":
+            raise RequestError("use_refiner", "does not apply to inpaint, got true")
+        if request.high_noise_frac is None:
+            return
+        if request.task_type != "text2img":
+            raise RequestError(
+                "high_noise_frac", f"applies to text2img only, got {request.high_noise_frac} with {request.task_type}"
+            )
+        if not self.uses_refiner(request):
+            why = "use_refiner is false"
+            if self.refiner is None:
+                why = "this server has none (start it with --use_refiner true)"
+            raise RequestError("high_noise_frac", f"needs the refiner and {why}, got {request.high_noise_frac}")
 
     def _scheduled(self, pipeline: DiffusionPipeline, name: str) -> DiffusionPipeline:
         return with_scheduler(pipeline, build_scheduler(self.schedulers, name, pipeline.scheduler.config))
 
-    def generate(self, request: GenerationRequest, seed: int) -> list[Image]:
-        """Text to image; with a refiner either hand over at high_noise_frac or refine with strength."""
+    def generate(self, request: GenerationRequest, seed: int, inputs: InputImages = NO_INPUTS) -> list[Image]:
+        """Run the request's task on the calling (accelerator) thread."""
         generator = torch.Generator("cpu").manual_seed(seed)
         shared = {
             "prompt": request.prompt,
@@ -88,9 +121,36 @@ class SDXLRunner:
             "num_images_per_prompt": request.num_images,
             "generator": generator,
         }
+        run = {"text2img": self._text_to_image, "img2img": self._image_to_image, "inpaint": self._inpaint}
+        return run[request.task_type](request, shared, inputs)
+
+    def _inpaint(self, request: GenerationRequest, shared: dict[str, Any], inputs: InputImages) -> list[Image]:
+        """Repaint the white part of the mask (base modules or the dedicated inpainting UNet)."""
+        inpaint = self._scheduled(self.inpaint, request.scheduler)
+        return inpaint(
+            **shared,
+            image=inputs.image,
+            mask_image=inputs.mask,
+            height=request.height,
+            width=request.width,
+            strength=request.strength,
+            num_inference_steps=request.num_inference_steps,
+        ).images
+
+    def _image_to_image(self, request: GenerationRequest, shared: dict[str, Any], inputs: InputImages) -> list[Image]:
+        """Seed 000's img2img: the refiner refines the given picture; without it (or opted out), the base does."""
+        if self.uses_refiner(request):
+            pipeline, steps = self.refiner, request.refiner_inference_steps
+        else:
+            pipeline, steps = self.img2img, request.num_inference_steps
+        scheduled = self._scheduled(pipeline, request.scheduler)
+        return scheduled(**shared, image=inputs.image, strength=request.strength, num_inference_steps=steps).images
+
+    def _text_to_image(self, request: GenerationRequest, shared: dict[str, Any], _: InputImages) -> list[Image]:
+        """Text to image; with the refiner either hand over at high_noise_frac or refine with strength."""
         base = self._scheduled(self.base, request.scheduler)
         size = {"height": request.height, "width": request.width}
-        if self.refiner is None:
+        if not self.uses_refiner(request):
             return base(**shared, **size, num_inference_steps=request.num_inference_steps).images
         refiner = self._scheduled(self.refiner, request.scheduler)
         if request.high_noise_frac is not None:
@@ -114,8 +174,45 @@ class SDXLRunner:
         ).images
 
 
+def _sharing_base(cls: type[DiffusionPipeline], base: StableDiffusionXLPipeline) -> DiffusionPipeline:
+    """A `cls` pipeline made of the base's own module objects (no copy, no cast, nothing loaded)."""
+    return cls(**base.components, force_zeros_for_empty_prompt=base.config.force_zeros_for_empty_prompt)
+
+
+# Components a dedicated inpainting checkpoint takes from the base: SDXL inpainting 0.1 fine-tunes the UNet only.
+INPAINT_SHARED = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
+
+
+def _load_inpaint(config: ServerConfig, base: StableDiffusionXLPipeline, common: dict[str, Any]) -> DiffusionPipeline:
+    """The inpainting pipeline: from the base's components, or a dedicated UNet sharing the rest."""
+    if config.inpaint_model_id is None:
+        if config.inpaint_single_file_config is not None:
+            raise ConfigError("--inpaint_single_file_config: needs --inpaint_model_id set to a single file")
+        return _sharing_base(StableDiffusionXLInpaintPipeline, base)
+    shared = {name: getattr(base, name) for name in INPAINT_SHARED}
+    if Path(config.inpaint_model_id).expanduser().is_file():
+        return load_single_file(
+            StableDiffusionXLInpaintPipeline,
+            config.inpaint_model_id,
+            config.inpaint_single_file_config,
+            "--inpaint_model_id",
+            "--inpaint_single_file_config",
+            **shared,
+            **common,
+        )
+    if config.inpaint_single_file_config is not None:
+        raise ConfigError(
+            "--inpaint_single_file_config: only used when --inpaint_model_id is a single file, "
+            f"got the folder or hub id {config.inpaint_model_id}"
+        )
+    return load_pretrained(
+        StableDiffusionXLInpaintPipeline, config.inpaint_model_id, "--inpaint_model_id", **shared, **common
+    )
+
+
 def load(config: ServerConfig) -> SDXLRunner:
-    """Load base (and refiner) once, share the refiner's text_encoder_2 and VAE, place on the device."""
+    """Load every weight once: base, optional refiner (sharing text_encoder_2 and the VAE), and the
+    image-to-image and inpainting pipelines built from the base's modules; then place them on the device."""
     devices.check_device(config.device)
     common: dict[str, Any] = {"dtype": devices.DTYPES[config.dtype], "token": config.hf_token}
     if config.single_file_model:
@@ -123,7 +220,8 @@ def load(config: ServerConfig) -> SDXLRunner:
             StableDiffusionXLPipeline,
             config.single_file_model,
             config.single_file_config,
-            "--single_file",
+            "--single_file_model",
+            "--single_file_config",
             **common,
         )
     else:
@@ -136,7 +234,8 @@ def load(config: ServerConfig) -> SDXLRunner:
                 StableDiffusionXLImg2ImgPipeline,
                 config.refiner_single_file_model,
                 config.refiner_single_file_config,
-                "--refiner_single_file",
+                "--refiner_single_file_model",
+                "--refiner_single_file_config",
                 **shared,
                 **common,
             )
@@ -144,8 +243,11 @@ def load(config: ServerConfig) -> SDXLRunner:
             refiner = load_pretrained(
                 StableDiffusionXLImg2ImgPipeline, config.refiner_id, "--refiner_id", **shared, **common
             )
-    for pipeline in (base, refiner):
+    img2img = _sharing_base(StableDiffusionXLImg2ImgPipeline, base)
+    inpaint = _load_inpaint(config, base, common)
+    for pipeline in (base, refiner, img2img, inpaint):
         if pipeline is not None:
             pipeline.set_progress_bar_config(disable=True)
+            # Offload modes hook modules; each pipeline re-installs its hooks after every call.
             devices.place(pipeline, config.device)
-    return SDXLRunner(base, refiner)
+    return SDXLRunner(base, refiner, img2img, inpaint)

@@ -1,0 +1,172 @@
+"""Input images for img2img and inpainting: request fields -> fetched/decoded, sized PIL images.
+
+Downloads run on the event loop (they only wait on the network); decoding and resizing run in the
+default executor, so neither the event loop nor the accelerator thread does this work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+
+from PIL.Image import Image, Resampling
+
+from . import media
+from .config import ServerConfig
+from .errors import RequestError
+from .fetch import FetchError, FetchPolicy, fetch
+from .schemas import MIN_SIDE, TASK_INPUTS, GenerationRequest, Limits, given_input
+
+_MODES = {"image": "RGB", "mask": "L"}
+
+
+@dataclass(frozen=True)
+class InputImages:
+    """The decoded input images of one request, already at the output size."""
+
+    image: Image | None = None
+    mask: Image | None = None
+
+
+NO_INPUTS = InputImages()  # what text-only tasks get
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """How input images may be obtained: download rules and the decoded-pixel cap."""
+
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    max_pixels: int = 40_000_000
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> InputPolicy:
+        """The policy a ServerConfig sets."""
+        fetch_policy = FetchPolicy(
+            allow_private=config.allow_private_image_urls,
+            max_bytes=config.max_image_bytes,
+            timeout=config.image_fetch_timeout,
+        )
+        return cls(fetch_policy, config.max_image_pixels)
+
+
+def check_side(name: str, value: int, limits: Limits, multiple: int, how: str = "") -> None:
+    """Raise RequestError unless `value` is a servable width/height; `how` explains a derived side."""
+    if not MIN_SIDE <= value <= limits.max_side:
+        raise RequestError(name, f"{how}must be between {MIN_SIDE} and {limits.max_side}, got {value}")
+    if value % multiple:
+        lower = value - value % multiple
+        examples = f"e.g. {lower} or {lower + multiple}"
+        raise RequestError(name, f"{how}must be a multiple of {multiple} ({examples}), got {value}")
+
+
+def check_pixels(width: int, height: int, limits: Limits, how: str = "") -> None:
+    """Raise RequestError when width x height is over the pixel limit."""
+    if width * height > limits.max_pixels:
+        raise RequestError(
+            "height",
+            f"{how}height x width must be at most {limits.max_pixels} pixels, "
+            f"got {height} x {width} = {width * height}",
+        )
+
+
+def _scaled(side: int, ratio: float, multiple: int) -> int:
+    return max(multiple, round(side * ratio / multiple) * multiple)
+
+
+def output_size(source: tuple[int, int], request: GenerationRequest, limits: Limits, multiple: int) -> tuple[int, int]:
+    """(width, height) for an input of size `source`: explicit sides win, a missing one keeps the aspect ratio,
+    with none the input's own size is used, scaled down to the limits and rounded down to `multiple`."""
+    source_width, source_height = source
+    explicit = request.model_fields_set
+    if "width" in explicit and "height" in explicit:
+        return request.width, request.height
+    if "width" in explicit or "height" in explicit:
+        how = f"follows the input image's {source_width}x{source_height} aspect ratio, so "
+        if "width" in explicit:
+            width, height = request.width, _scaled(request.width, source_height / source_width, multiple)
+            check_side("height", height, limits, multiple, how)
+        else:
+            width, height = _scaled(request.height, source_width / source_height, multiple), request.height
+            check_side("width", width, limits, multiple, how)
+        check_pixels(width, height, limits, how)
+        return width, height
+    scale = min(
+        1.0,
+        limits.max_side / max(source_width, source_height),
+        math.sqrt(limits.max_pixels / (source_width * source_height)),
+    )
+    width = int(source_width * scale) // multiple * multiple
+    height = int(source_height * scale) // multiple * multiple
+    if min(width, height) < MIN_SIDE:
+        raise RequestError(
+            "image",
+            f"is {source_width}x{source_height}, too small for an output of at least {MIN_SIDE}x{MIN_SIDE} pixels: "
+            f"give width and height to scale it up",
+        )
+    return width, height
+
+
+class InputLoader:
+    """Obtains a request's input images under an InputPolicy."""
+
+    def __init__(self, policy: InputPolicy, limits: Limits, size_multiple: int):
+        self.policy = policy
+        self.limits = limits
+        self.size_multiple = size_multiple
+
+    def _file_bytes(self, field_name: str, value: str | bytes) -> bytes:
+        """The image file in an inline value or a data URL (CPU work: runs in the executor)."""
+        max_bytes = self.policy.fetch.max_bytes
+        try:
+            return media.decode_inline(value, max_bytes)
+        except media.MediaError as exc:
+            raise RequestError(field_name, str(exc)) from None
+
+    async def _download(self, field_name: str, url: str) -> bytes:
+        try:
+            return await fetch(url, self.policy.fetch)
+        except FetchError as exc:
+            raise RequestError(field_name, str(exc)) from None
+
+    def _decode(self, field_name: str, data: bytes, mode: str) -> Image:
+        try:
+            return media.open_image(data, mode, self.policy.max_pixels)
+        except media.MediaError as exc:
+            raise RequestError(field_name, f"the image {exc}") from None
+
+    def _prepare(
+        self, request: GenerationRequest, sources: dict[str, tuple[str, str | bytes]]
+    ) -> tuple[GenerationRequest, InputImages]:
+        decoded = {}
+        for name, (field_name, value) in sources.items():
+            downloaded = isinstance(value, bytes) and field_name.endswith("_url")
+            data = value if downloaded else self._file_bytes(field_name, value)
+            decoded[name] = self._decode(field_name, data, _MODES[name])
+        image = decoded["image"]
+        width, height = output_size(image.size, request, self.limits, self.size_multiple)
+        sized = {
+            name: picture
+            if picture.size == (width, height)
+            else picture.resize((width, height), Resampling.LANCZOS if name == "image" else Resampling.BILINEAR)
+            for name, picture in decoded.items()
+        }
+        return request.model_copy(update={"width": width, "height": height}), InputImages(**sized)
+
+    async def load(self, request: GenerationRequest) -> tuple[GenerationRequest, InputImages]:
+        """The request with its output size settled, and its input images (none for text tasks)."""
+        assert request.task_type is not None
+        names = TASK_INPUTS[request.task_type]
+        if not names:
+            return request, NO_INPUTS
+        # URL fields hold a URL (downloaded here, to file bytes) or a data URL (decoded with inline values).
+        sources: dict[str, tuple[str, str | bytes]] = {}
+        for name in names:
+            field_name = given_input(request, name)
+            assert field_name is not None  # resolve_task made sure
+            value = getattr(request, field_name)
+            if field_name.endswith("_url") and not media.is_data_url(value):
+                value = await self._download(field_name, value)
+            sources[name] = (field_name, value)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._prepare, request, sources)
