@@ -16,7 +16,7 @@ from . import media
 from .config import ServerConfig
 from .errors import RequestError
 from .fetch import FetchError, FetchPolicy, fetch
-from .schemas import MIN_SIDE, TASK_INPUTS, GenerationRequest, Limits, given_input
+from .schemas import MIN_SIDE, TASK_INPUTS, GenerationRequest, Limits, check_pixels, check_side, given_input
 
 _MODES = {"image": "RGB", "mask": "L"}
 
@@ -48,26 +48,6 @@ class InputPolicy:
             timeout=config.image_fetch_timeout,
         )
         return cls(fetch_policy, config.max_image_pixels)
-
-
-def check_side(name: str, value: int, limits: Limits, multiple: int, how: str = "") -> None:
-    """Raise RequestError unless `value` is a servable width/height; `how` explains a derived side."""
-    if not MIN_SIDE <= value <= limits.max_side:
-        raise RequestError(name, f"{how}must be between {MIN_SIDE} and {limits.max_side}, got {value}")
-    if value % multiple:
-        lower = value - value % multiple
-        examples = f"e.g. {lower} or {lower + multiple}"
-        raise RequestError(name, f"{how}must be a multiple of {multiple} ({examples}), got {value}")
-
-
-def check_pixels(width: int, height: int, limits: Limits, how: str = "") -> None:
-    """Raise RequestError when width x height is over the pixel limit."""
-    if width * height > limits.max_pixels:
-        raise RequestError(
-            "height",
-            f"{how}height x width must be at most {limits.max_pixels} pixels, "
-            f"got {height} x {width} = {width * height}",
-        )
 
 
 def _scaled(side: int, ratio: float, multiple: int) -> int:

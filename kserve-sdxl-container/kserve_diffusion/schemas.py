@@ -213,6 +213,26 @@ def resolve_task(request: GenerationRequest, default_task: str) -> GenerationReq
     return request.model_copy(update={"task_type": task, "strength": strength})
 
 
+def check_side(name: str, value: int, limits: Limits, multiple: int, how: str = "") -> None:
+    """Raise RequestError unless `value` is a servable width/height; `how` explains a derived side."""
+    if not MIN_SIDE <= value <= limits.max_side:
+        raise RequestError(name, f"{how}must be between {MIN_SIDE} and {limits.max_side}, got {value}")
+    if value % multiple:
+        lower = value - value % multiple
+        examples = f"e.g. {lower} or {lower + multiple}"
+        raise RequestError(name, f"{how}must be a multiple of {multiple} ({examples}), got {value}")
+
+
+def check_pixels(width: int, height: int, limits: Limits, how: str = "") -> None:
+    """Raise RequestError when width x height is over the pixel limit."""
+    if width * height > limits.max_pixels:
+        raise RequestError(
+            "height",
+            f"{how}height x width must be at most {limits.max_pixels} pixels, "
+            f"got {height} x {width} = {width * height}",
+        )
+
+
 def _v2_kind(annotation: Any) -> str:
     members = [t for t in (get_args(annotation) or (annotation,)) if t is not NoneType]
     if bytes in members:

@@ -20,9 +20,9 @@ from PIL.Image import Image
 from .. import devices
 from ..config import ServerConfig
 from ..errors import ConfigError, RequestError
-from ..inputs import NO_INPUTS, InputImages, check_pixels, check_side
+from ..inputs import NO_INPUTS, InputImages
 from ..schedulers import SDXL_SCHEDULERS, SchedulerFactory, build_scheduler
-from ..schemas import GenerationRequest, Limits, resolve_task
+from ..schemas import GenerationRequest, Limits, check_pixels, check_side, resolve_task
 from .loading import load_pretrained, load_single_file
 
 logger = logging.getLogger("kserve.diffusion")
