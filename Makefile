@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_MODEL := .cache/tiny/sdxl
+DEMO_VIDEO_MODEL := .cache/tiny/wan
 HTTP_PORT ?= 8080
 GRPC_PORT ?= 8081
 
@@ -24,14 +25,17 @@ install: $(STAMP)
 $(DEMO_MODEL)/model_index.json: | $(STAMP)
 	$(PY) -m kserve_diffusion.tiny --family sdxl --out $(DEMO_MODEL)
 
-demo: install $(DEMO_MODEL)/model_index.json
+$(DEMO_VIDEO_MODEL)/model_index.json: | $(STAMP)
+	$(PY) -m kserve_diffusion.tiny --family wan --out $(DEMO_VIDEO_MODEL)
+
+demo: install $(DEMO_MODEL)/model_index.json $(DEMO_VIDEO_MODEL)/model_index.json
 	@echo ""
-	@echo "Serving a tiny random-weight SDXL as model 'sdxl' on http://localhost:$(HTTP_PORT) (gRPC $(GRPC_PORT))."
+	@echo "Serving a tiny random-weight SDXL + Wan2.1 video as model 'sdxl' on http://localhost:$(HTTP_PORT) (gRPC $(GRPC_PORT))."
 	@echo "Try, once it logs that it is ready:"
 	@echo "  curl -s localhost:$(HTTP_PORT)/v1/models/sdxl:predict -d '{\"instances\": [{\"prompt\": \"a red fox\", \"height\": 512, \"width\": 512, \"num_inference_steps\": 4, \"seed\": 42}]}' | head -c 300; echo"
 	@echo ""
-	$(PY) -m kserve_diffusion --model_name sdxl --model_id $(DEMO_MODEL) --device cpu \
-		--http_port $(HTTP_PORT) --grpc_port $(GRPC_PORT)
+	$(PY) -m kserve_diffusion --model_name sdxl --model_id $(DEMO_MODEL) --video_model_id $(DEMO_VIDEO_MODEL) \
+		--device cpu --http_port $(HTTP_PORT) --grpc_port $(GRPC_PORT)
 
 test: install
 	$(PY) -m pytest -q

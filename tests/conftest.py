@@ -33,23 +33,15 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m kserve_diffusion ...` in a subprocess, with its log kept for assertions."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self, args: list[str], log_path: Path, env: dict[str, str] | None = None, launcher: list[str] | None = None
+    ):
+        """`launcher` replaces `python -m kserve_diffusion --model_name sdxl --device cpu` (e.g. a start script)."""
         self.http_port, self.grpc_port = free_port(), free_port()
         self.log_path = log_path
-        self.command = [
-            sys.executable,
-            "-m",
-            "kserve_diffusion",
-            "--model_name",
-            "sdxl",
-            "--device",
-            "cpu",
-            "--http_port",
-            str(self.http_port),
-            "--grpc_port",
-            str(self.grpc_port),
-            *args,
-        ]
+        default = [sys.executable, "-m", "kserve_diffusion", "--model_name", "sdxl", "--device", "cpu"]
+        ports = ["--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port)]
+        self.command = [*(launcher or default), *ports, *args]
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             self.command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
@@ -107,6 +99,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "refiner_file": tiny.write("sdxl-refiner", root / "refiner-file", single_file=True),
         "inpaint": tiny.write("sdxl-inpaint", root / "inpaint"),
         "inpaint_file": tiny.write("sdxl-inpaint", root / "inpaint-file", single_file=True),
+        "wan": tiny.write("wan", root / "wan"),
     }
 
 
@@ -173,6 +166,15 @@ def image_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
         str(IMAGE_SERVER_FETCH_TIMEOUT),
     ]
     server = start_server(args, tmp_path_factory.mktemp("logs") / "image.log", env={"HF_HUB_OFFLINE": "1"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def video_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One endpoint for both: the tiny SDXL base with the tiny Wan beside it (--video_model_id)."""
+    args = ["--model_id", str(tiny_models["sdxl"]), "--video_model_id", str(tiny_models["wan"])]
+    server = start_server(args, tmp_path_factory.mktemp("logs") / "video.log")
     yield server
     server.stop()
 

@@ -108,3 +108,16 @@ def test_help_lists_every_flag_with_default_and_env() -> None:
         assert f"--{option.name}" in text
         assert f"env: {option.env}" in text.replace("\n", " ").replace("  ", " ") or option.env in text
     assert "--http_port" in text and "--model_name" in text
+
+
+def test_video_model_dtype_and_flags() -> None:
+    cuda = lambda: True  # noqa: E731
+    combined = parse_config(["--video_model_id", "/m/wan"], {}, cuda_available=cuda)
+    assert (combined.dtype, combined.video_dtype) == ("float16", "bfloat16")  # each family's own auto
+    assert parse_config(["--model_type", "wan"], {}, cuda_available=cuda).dtype == "bfloat16"
+    explicit = parse_config(["--video_model_id", "/m/wan", "--dtype", "float32"], {}, cuda_available=cuda)
+    assert (explicit.dtype, explicit.video_dtype) == ("float32", "float32")
+    cpu = parse_config(["--video_model_id", "/m/wan", "--vae_tiling", "true", "--max_frames", "41"], {})
+    assert (cpu.video_dtype, cpu.vae_tiling, cpu.max_frames, cpu.flow_shift) == ("float32", True, 41, None)
+    with pytest.raises(ConfigError, match="--video_model_id: adds Wan beside an image model"):
+        parse_config(["--model_type", "wan", "--video_model_id", "/m/wan"], {})

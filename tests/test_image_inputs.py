@@ -15,6 +15,7 @@ from kserve_diffusion.binary_inputs import rewrite_body
 from kserve_diffusion.errors import RequestError
 from kserve_diffusion.fetch import FetchError, FetchPolicy, address_problem, fetch, safe_url_text
 from kserve_diffusion.inputs import output_size
+from kserve_diffusion.schemas import TASK_TYPES as ALL_TASKS
 from kserve_diffusion.schemas import Limits, parse_request, resolve_task
 from PIL import Image
 
@@ -120,7 +121,7 @@ def test_output_size_errors_name_the_side() -> None:
     ],
 )
 def test_task_inference(fields: dict, task: str) -> None:
-    assert resolve_task(_request(**fields), "text2img").task_type == task
+    assert resolve_task(_request(**fields), "text2img", ALL_TASKS).task_type == task
 
 
 @pytest.mark.parametrize(
@@ -135,7 +136,7 @@ def test_task_inference(fields: dict, task: str) -> None:
 )
 def test_task_inference_errors(fields: dict, message: str) -> None:
     with pytest.raises(RequestError, match=message):
-        resolve_task(_request(**fields), "text2img")
+        resolve_task(_request(**fields), "text2img", ALL_TASKS)
 
 
 @pytest.mark.parametrize(

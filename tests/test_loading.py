@@ -133,8 +133,8 @@ def test_startup_errors_are_clear(tmp_path: Path) -> None:
         sdxl.load(ServerConfig(single_file_model=str(tmp_path / "missing.safetensors")))
     with pytest.raises(ConfigError, match="FLUX support is planned"):
         get_family("flux")
-    with pytest.raises(ConfigError, match="Wan2.1"):
-        get_family("wan")
+    with pytest.raises(ConfigError, match="--model_type: expected one of sdxl, flux, wan"):
+        get_family("sd3")
 
 
 def test_single_file_without_config_offline_says_which_flag(tiny_models: dict[str, Path], monkeypatch) -> None:

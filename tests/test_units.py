@@ -14,6 +14,7 @@ from kserve_diffusion.errors import GenerationFailed, RequestError
 from kserve_diffusion.families import Family
 from kserve_diffusion.model import DiffusionModel
 from kserve_diffusion.schedulers import SDXL_SCHEDULERS, build_scheduler
+from kserve_diffusion.schemas import TASK_TYPES as ALL_TASKS
 from kserve_diffusion.schemas import GenerationRequest, Limits, parse_request, resolve_task
 from kserve_diffusion.tiny import build_tokenizer
 from kserve_diffusion.worker import GenerationWorker
@@ -36,12 +37,12 @@ def test_defaults_follow_seed_000() -> None:
         25,
         50,
     )
-    assert (request.guidance_scale, request.num_images, request.scheduler) == (7.5, 1, "DDIM")
+    assert (request.guidance_scale, request.num_images, request.scheduler) == (7.5, 1, None)  # family default
     assert request.seed is None and request.high_noise_frac is None and request.strength is None
     # strength depends on the task: 0.3 (seed 000's default), 1.0 for inpainting
-    assert resolve_task(request, "text2img").strength == 0.3
-    assert resolve_task(request.model_copy(update={"image": "x"}), "text2img").strength == 0.3
-    assert resolve_task(request.model_copy(update={"image": "x", "mask": "y"}), "text2img").strength == 1.0
+    assert resolve_task(request, "text2img", ALL_TASKS).strength == 0.3
+    assert resolve_task(request.model_copy(update={"image": "x"}), "text2img", ALL_TASKS).strength == 0.3
+    assert resolve_task(request.model_copy(update={"image": "x", "mask": "y"}), "text2img", ALL_TASKS).strength == 1.0
 
 
 def test_limits_come_from_the_context() -> None:
@@ -161,7 +162,7 @@ class FailingOnceRunner:
         self.calls = 0
 
     def check(self, request: GenerationRequest, limits: Limits) -> GenerationRequest:
-        return request.model_copy(update={"task_type": "text2img"})
+        return resolve_task(request, "text2img", self.tasks)
 
     def generate(self, request: GenerationRequest, seed: int, inputs: object = None) -> list:
         from PIL import Image

@@ -17,7 +17,7 @@ from transformers.utils import logging as transformers_logging
 from .binary_inputs import Base64BinaryInputs
 from .config import parse_config
 from .errors import ConfigError, GenerationFailed, RequestError
-from .families import get_family
+from .families import serving_family
 from .model import DiffusionModel
 from .schemas import FILE_FIELDS
 
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Progress bars garble the one-line-per-event server log.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
-        model = DiffusionModel(config, get_family(config.model_type))
+        model = DiffusionModel(config, serving_family(config))
         model.load()
     except ConfigError as exc:
         logger.error("startup failed: %s", exc)

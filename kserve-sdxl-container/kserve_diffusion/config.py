@@ -22,6 +22,8 @@ MODEL_TYPES = ("sdxl", "flux", "wan")
 DEVICES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 TOKEN_ENV_VARS = ("HUGGINGFACE_TOKEN", "HF_TOKEN")
+# --dtype auto on an accelerator, per family (the model cards' advice); on the CPU always float32.
+ACCELERATOR_DTYPES = {"sdxl": "float16", "flux": "bfloat16", "wan": "bfloat16"}
 # KServe flags passed on to kserve.ModelServer (the rest configure models or transformers).
 MODEL_SERVER_FLAGS = (
     "http_port",
@@ -150,7 +152,38 @@ OPTIONS: tuple[Option, ...] = (
         "where the model runs (default: cuda when available, else cpu)",
         DEVICES,
     ),
-    Option("dtype", "DTYPE", _choice(DTYPES), "auto", "weights dtype; auto: float16 on CUDA, float32 on CPU", DTYPES),
+    Option(
+        "dtype",
+        "DTYPE",
+        _choice(DTYPES),
+        "auto",
+        "weights dtype; auto: float16 (SDXL) or bfloat16 (Wan) on CUDA, float32 on CPU",
+        DTYPES,
+    ),
+    Option(
+        "video_model_id",
+        "VIDEO_MODEL_ID",
+        str,
+        None,
+        "Wan2.1 text-to-video diffusers folder or hub id served beside the image model (one endpoint)",
+    ),
+    Option(
+        "flow_shift",
+        "FLOW_SHIFT",
+        _positive_float,
+        None,
+        "Wan scheduler flow shift (default: 3.0 for 480p, 5.0 for 720p and up, per request)",
+    ),
+    Option("max_frames", "MAX_FRAMES", _positive_int, 81, "most video frames a request may ask for"),
+    Option(
+        "max_video_pixels",
+        "MAX_VIDEO_PIXELS",
+        _positive_int,
+        81 * 1280 * 720,
+        "largest num_frames x video_width x video_height of one request",
+    ),
+    Option("vae_tiling", "VAE_TILING", parse_bool, False, "decode with a tiled VAE: less memory for large outputs"),
+    Option("vae_slicing", "VAE_SLICING", parse_bool, False, "decode batches one item at a time: less memory"),
     Option("max_num_images", "MAX_NUM_IMAGES", _positive_int, 4, "most images one generation may ask for"),
     Option("max_steps", "MAX_STEPS", _positive_int, 150, "most denoising steps a request may ask for"),
     Option("max_side", "MAX_SIDE", _positive_int, 2048, "largest width or height in pixels"),
@@ -178,8 +211,15 @@ class ServerConfig:
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
     image_fetch_timeout: float = 10.0
+    video_model_id: str | None = None
+    flow_shift: float | None = None
+    max_frames: int = 81
+    max_video_pixels: int = 81 * 1280 * 720
+    vae_tiling: bool = False
+    vae_slicing: bool = False
     device: str = "cpu"
     dtype: str = "float32"
+    video_dtype: str = "float32"  # the dtype of a --video_model_id model
     max_num_images: int = 4
     max_steps: int = 150
     max_side: int = 2048
@@ -231,6 +271,10 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _auto_dtype(model_type: str, device: str) -> str:
+    return ACCELERATOR_DTYPES[model_type] if device != "cpu" else "float32"
+
+
 def parse_config(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -264,12 +308,16 @@ def parse_config(
     )
     if values["device"] is None:
         values["device"] = "cuda" if cuda_available() else "cpu"
-    if values["dtype"] == "auto":
-        values["dtype"] = "float16" if values["device"] != "cpu" else "float32"
+    explicit_dtype = values["dtype"] != "auto"
+    values["video_dtype"] = values["dtype"] if explicit_dtype else _auto_dtype("wan", values["device"])
+    if not explicit_dtype:
+        values["dtype"] = _auto_dtype(values["model_type"], values["device"])
     if args.workers != 1:
         raise ConfigError(
             f"--workers: must be 1, got {args.workers}: each worker process would load its own copy of the model"
         )
+    if values["video_model_id"] and values["model_type"] == "wan":
+        raise ConfigError("--video_model_id: adds Wan beside an image model; with --model_type wan use --model_id")
     refiner_given = bool(values["refiner_id"] or values["refiner_single_file_model"])
     if values["use_refiner"] is None:
         values["use_refiner"] = refiner_given

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from diffusers import DiffusionPipeline
 
+from .config import ServerConfig
 from .errors import ConfigError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -29,6 +30,17 @@ def check_device(mode: str) -> None:
     """Fail at startup when a CUDA mode is asked for on a machine without CUDA."""
     if mode != "cpu" and not torch.cuda.is_available():
         raise ConfigError(f"--device: {mode} needs a CUDA GPU and none is available; use --device cpu")
+
+
+def apply_vae_options(pipeline: DiffusionPipeline, config: ServerConfig) -> None:
+    """Tiled / sliced VAE decoding when --vae_tiling / --vae_slicing ask for it (less memory, a bit slower)."""
+    vae = getattr(pipeline, "vae", None)
+    if vae is None:
+        return
+    if config.vae_tiling:
+        vae.enable_tiling()
+    if config.vae_slicing:
+        vae.enable_slicing()
 
 
 def place(pipeline: DiffusionPipeline, mode: str) -> None:

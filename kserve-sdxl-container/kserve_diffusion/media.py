@@ -1,4 +1,4 @@
-"""Media codecs: image files <-> PIL images, base64 and data URLs."""
+"""Media codecs: image files <-> PIL images, video frames -> MP4/GIF/WebP, base64 and data URLs."""
 
 from __future__ import annotations
 
@@ -6,13 +6,20 @@ import base64
 import binascii
 import io
 import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
+import imageio.v2 as imageio
+import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 from PIL.Image import Image
 
-IMAGE_FORMATS = {"png": ("PNG", "image/png")}
+IMAGE_FORMATS = {"png": "PNG"}  # output format -> Pillow format
+MIME_TYPES = {"png": "image/png", "mp4": "video/mp4", "gif": "image/gif", "webp": "image/webp"}
+_ANIMATED = {"gif": "GIF", "webp": "WEBP"}  # video formats Pillow writes
 # Input images: the formats Pillow may open for a request (nothing else is even attempted).
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP")
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
@@ -23,17 +30,65 @@ class MediaError(ValueError):
     """Input bytes or text that cannot be used; the message says why, for the client."""
 
 
+@dataclass(frozen=True)
+class Video:
+    """Generated frames (F, H, W, 3 uint8) and the rate they are played at."""
+
+    frames: np.ndarray
+    fps: int
+
+    @property
+    def duration_seconds(self) -> float:
+        """How long the video plays."""
+        return len(self.frames) / self.fps
+
+
 def encode_image(image: Image, output_format: str = "png") -> bytes:
     """The image as a file in `output_format`."""
-    pil_format, _ = IMAGE_FORMATS[output_format]
     buffer = io.BytesIO()
-    image.save(buffer, format=pil_format)
+    image.save(buffer, format=IMAGE_FORMATS[output_format])
     return buffer.getvalue()
+
+
+def encode_video(video: Video, output_format: str = "mp4") -> bytes:
+    """The video as an MP4 (H.264, yuv420p, +faststart: plays in browsers) or an animated GIF/WebP."""
+    if output_format in _ANIMATED:
+        pictures = [PILImage.fromarray(frame) for frame in video.frames]
+        buffer = io.BytesIO()
+        duration_ms = round(1000 / video.fps)
+        pictures[0].save(
+            buffer,
+            format=_ANIMATED[output_format],
+            save_all=True,
+            append_images=pictures[1:],
+            duration=duration_ms,
+            loop=0,
+        )
+        return buffer.getvalue()
+    # ffmpeg needs a seekable file for +faststart (the index moved to the front).
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "video.mp4"
+        writer = imageio.get_writer(
+            path,
+            format="FFMPEG",
+            fps=video.fps,
+            codec="libx264",
+            pixelformat="yuv420p",
+            output_params=["-movflags", "+faststart"],
+            macro_block_size=16,
+            ffmpeg_log_level="error",
+        )
+        try:
+            for frame in video.frames:
+                writer.append_data(frame)
+        finally:
+            writer.close()
+        return path.read_bytes()
 
 
 def content_type(output_format: str = "png") -> str:
     """The MIME type of `output_format`."""
-    return IMAGE_FORMATS[output_format][1]
+    return MIME_TYPES[output_format]
 
 
 def to_base64(data: bytes) -> str:

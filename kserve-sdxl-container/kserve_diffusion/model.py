@@ -13,7 +13,7 @@ from typing import Any
 from kserve import Model
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from . import media, protocols
+from . import protocols
 from .config import ServerConfig
 from .errors import GenerationFailed
 from .families import Family, Runner
@@ -65,7 +65,7 @@ class DiffusionModel(Model):
 
     def get_output_types(self) -> list[dict[str, Any]]:
         """v2 metadata: the output tensors."""
-        return protocols.v2_output_types()
+        return protocols.v2_output_types(self.runner.tasks if self.runner else ())
 
     def _check(self, instance: Any) -> GenerationRequest:
         assert self.runner is not None
@@ -100,20 +100,21 @@ class DiffusionModel(Model):
             raise GenerationFailed(
                 f"generation failed ({type(exc).__name__}); the server log has details under request id {request_id}"
             ) from None
-        # PNG encoding is CPU work: it runs beside the event loop and off the accelerator thread.
+        # Encoding is CPU work: it runs beside the event loop and off the accelerator thread.
         loop = asyncio.get_running_loop()
-        images = await loop.run_in_executor(None, lambda: [media.encode_image(i) for i in timed.value])
+        result = await loop.run_in_executor(None, protocols.encode_result, request, seed, timed.value)
+        width, height = (result.video.width, result.video.height) if result.video else (request.width, request.height)
         logger.info(
-            "request=%s task=%s size=%dx%d steps=%d images=%d scheduler=%s seed=%d queue_wait=%.3fs generation=%.3fs",
+            "request=%s task=%s size=%dx%d steps=%d %s scheduler=%s seed=%d queue_wait=%.3fs generation=%.3fs",
             request_id,
             request.task_type,
-            request.width,
-            request.height,
+            width,
+            height,
             request.num_inference_steps,
-            len(images),
+            f"frames={result.video.num_frames}" if result.video else f"images={len(result.files)}",
             request.scheduler,
             seed,
             timed.queue_wait,
             timed.run_time,
         )
-        return protocols.GenerationResult(request.task_type, seed, images, media.content_type())
+        return result

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
+from PIL.Image import Image
 
 from . import media
 from .errors import RequestError
-from .schemas import FIELD_KINDS, FIELD_NAMES
+from .schemas import FIELD_KINDS, FIELD_NAMES, GenerationRequest
 
 _INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 V2_DATATYPES = {
@@ -29,13 +30,38 @@ PROTOCOL_PARAMETERS = frozenset({"binary_data_output"})
 
 
 @dataclass(frozen=True)
+class VideoInfo:
+    """What a client needs to know about a returned video."""
+
+    num_frames: int
+    fps: int
+    width: int
+    height: int
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
 class GenerationResult:
-    """What one generation produced, encoded."""
+    """What one generation produced, encoded: image files, or one video file with its VideoInfo."""
 
     task_type: str
     seed: int
-    images: list[bytes]
+    files: list[bytes]
     content_type: str
+    video: VideoInfo | None = None
+
+
+def encode_result(request: GenerationRequest, seed: int, output: list[Image] | media.Video) -> GenerationResult:
+    """Encode a runner's output in the request's output_format (CPU work: call it off the event loop)."""
+    assert request.task_type is not None and request.output_format is not None
+    file_format = request.output_format
+    if isinstance(output, media.Video):
+        height, width = output.frames.shape[1:3]
+        info = VideoInfo(len(output.frames), output.fps, width, height, round(output.duration_seconds, 3))
+        files = [media.encode_video(output, file_format)]
+        return GenerationResult(request.task_type, seed, files, media.content_type(file_format), info)
+    files = [media.encode_image(image, file_format) for image in output]
+    return GenerationResult(request.task_type, seed, files, media.content_type(file_format))
 
 
 def _decode_json(payload: Any) -> Any:
@@ -63,18 +89,19 @@ def v1_instances(payload: Any, max_instances: int) -> list[dict[str, Any]]:
     return instances
 
 
+def _v1_prediction(result: GenerationResult) -> dict[str, Any]:
+    prediction: dict[str, Any] = {"task_type": result.task_type, "seed": result.seed}
+    if result.video is None:
+        prediction["images"] = [media.data_url(data, result.content_type) for data in result.files]
+    else:
+        prediction["video"] = media.data_url(result.files[0], result.content_type)
+        prediction.update(asdict(result.video))
+    return prediction
+
+
 def v1_response(results: list[GenerationResult]) -> dict[str, Any]:
-    """The v1 answer: one prediction per instance, images as data URLs."""
-    return {
-        "predictions": [
-            {
-                "task_type": result.task_type,
-                "seed": result.seed,
-                "images": [media.data_url(image, result.content_type) for image in result.images],
-            }
-            for result in results
-        ]
-    }
+    """The v1 answer: one prediction per instance, images (or the video) as data URLs."""
+    return {"predictions": [_v1_prediction(result) for result in results]}
 
 
 def _scalar(value: Any, kind: str) -> Any:
@@ -127,20 +154,24 @@ def v2_instance(request: InferRequest) -> dict[str, Any]:
 
 
 def v2_response(request: InferRequest, result: GenerationResult, model_name: str) -> InferResponse:
-    """The v2 answer: `images` BYTES [n] of base64 files with their content_type, and `seed`."""
-    images = InferOutput(
-        name="images",
-        shape=[len(result.images)],
+    """The v2 answer: `images` BYTES [n] (or `video` BYTES [1]) of base64 files with their content_type, and `seed`."""
+    files = InferOutput(
+        name="images" if result.video is None else "video",
+        shape=[len(result.files)],
         datatype="BYTES",
-        data=[media.to_base64(image) for image in result.images],
+        data=[media.to_base64(data) for data in result.files],
         parameters={"content_type": result.content_type},
     )
     seed = InferOutput(name="seed", shape=[1], datatype="INT64", data=[result.seed])
+    parameters: dict[str, Any] = {"task_type": result.task_type}
+    if result.video is not None:
+        # KServe's gRPC parameters carry strings, booleans and integers only: the duration is num_frames / fps.
+        parameters.update({k: v for k, v in asdict(result.video).items() if isinstance(v, int)})
     return InferResponse(
         response_id=request.id or str(uuid.uuid4()),
         model_name=model_name,
-        infer_outputs=[images, seed],
-        parameters={"task_type": result.task_type},
+        infer_outputs=[files, seed],
+        parameters=parameters,
         # KServe's gRPC convention: raw input contents in, raw output contents out.
         use_binary_outputs=request.from_grpc and request.use_binary_outputs,
     )
@@ -151,9 +182,11 @@ def v2_input_types() -> list[dict[str, Any]]:
     return [{"name": name, "datatype": _V2_DECLARED[kind], "shape": [1]} for name, kind in FIELD_KINDS.items()]
 
 
-def v2_output_types() -> list[dict[str, Any]]:
-    """The outputs `GET /v2/models/{name}` lists."""
-    return [
-        {"name": "images", "datatype": "BYTES", "shape": [-1]},
-        {"name": "seed", "datatype": "INT64", "shape": [1]},
-    ]
+def v2_output_types(tasks: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The outputs `GET /v2/models/{name}` lists for a server serving `tasks`."""
+    outputs = []
+    if any(task != "text2video" for task in tasks):
+        outputs.append({"name": "images", "datatype": "BYTES", "shape": [-1]})
+    if "text2video" in tasks:
+        outputs.append({"name": "video", "datatype": "BYTES", "shape": [1]})
+    return [*outputs, {"name": "seed", "datatype": "INT64", "shape": [1]}]

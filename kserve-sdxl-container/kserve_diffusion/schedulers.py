@@ -48,6 +48,10 @@ SDXL_SCHEDULERS: dict[str, SchedulerFactory] = {
 }
 SDXL_DEFAULT_SCHEDULER = "DDIM"
 
+# Wan is a flow-matching model: its UniPC is configured for flow prediction by the loaded config.
+WAN_SCHEDULERS: dict[str, SchedulerFactory] = {"UniPC": _from(UniPCMultistepScheduler)}
+WAN_DEFAULT_SCHEDULER = "UniPC"
+
 
 def build_scheduler(
     registry: Mapping[str, SchedulerFactory], name: str, base_config: Mapping[str, Any]

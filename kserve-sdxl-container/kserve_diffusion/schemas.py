@@ -26,6 +26,17 @@ TASK_INPUTS: dict[str, tuple[str, ...]] = {
     "text2video": (),
 }
 INPUT_FIELDS = {"image": ("image", "image_url"), "mask": ("mask", "mask_url")}
+# The files each kind of task can be answered with; the first is the default.
+TASK_OUTPUT_FORMATS: dict[str, tuple[str, ...]] = {
+    "text2img": ("png",),
+    "img2img": ("png",),
+    "inpaint": ("png",),
+    "text2video": ("mp4", "gif", "webp"),
+}
+# Fields only video uses, and image fields with a video counterpart: given for the other kind of task
+# they would be silently ignored, so they are a 400 that points to the right field.
+VIDEO_FIELDS = ("video_height", "video_width", "num_frames", "video_guidance_scale", "fps")
+VIDEO_COUNTERPARTS = {"height": "video_height", "width": "video_width", "guidance_scale": "video_guidance_scale"}
 DEFAULT_STRENGTH = 0.3  # seed 000's default: a light refinement
 TASK_DEFAULT_STRENGTH = {"inpaint": 1.0}  # inpainting repaints the masked area from scratch
 MAX_PROMPT_CHARS = 10_000
@@ -41,11 +52,20 @@ class Limits:
     max_steps: int = 150
     max_side: int = 2048
     max_pixels: int = 2048 * 2048
+    max_frames: int = 81
+    max_video_pixels: int = 81 * 1280 * 720
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> Limits:
         """The limits a ServerConfig sets."""
-        return cls(config.max_num_images, config.max_steps, config.max_side, config.max_pixels)
+        return cls(
+            config.max_num_images,
+            config.max_steps,
+            config.max_side,
+            config.max_pixels,
+            config.max_frames,
+            config.max_video_pixels,
+        )
 
 
 # Fields whose upper bound is the operator's: field -> Limits attribute.
@@ -53,6 +73,7 @@ _SERVER_LIMITED = {
     "num_inference_steps": "max_steps",
     "refiner_inference_steps": "max_steps",
     "num_images": "max_num_images",
+    "num_frames": "max_frames",
 }
 
 
@@ -85,7 +106,7 @@ class GenerationRequest(BaseModel):
     height: int = Field(1024, description="image height in pixels, a multiple of 8")
     width: int = Field(1024, description="image width in pixels, a multiple of 8")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when absent; always echoed")
-    scheduler: str = Field("DDIM", description="sampler name")
+    scheduler: str | None = Field(None, description="sampler name; the family's default when absent")
     num_inference_steps: int = Field(25, ge=1, description="denoising steps of the base model")
     refiner_inference_steps: int = Field(50, ge=1, description="refiner steps when it refines with strength")
     guidance_scale: float = Field(7.5, ge=0, le=50, description="classifier-free guidance scale")
@@ -96,6 +117,14 @@ class GenerationRequest(BaseModel):
         description="how much the input (or base) image is changed: 0.3 by default, 1.0 for inpaint",
     )
     num_images: int = Field(1, ge=1, description="images generated in one batched call")
+    video_height: int = Field(480, description="video height in pixels, a multiple of 16 (480p or 720p)")
+    video_width: int = Field(704, description="video width in pixels, a multiple of 16")
+    num_frames: int = Field(25, ge=1, description="video frames; Wan needs 4k+1")
+    video_guidance_scale: float = Field(6.0, ge=1, le=20, description="classifier-free guidance for video")
+    fps: int = Field(8, ge=6, le=30, description="frames per second of the video file")
+    output_format: Literal["png", "mp4", "gif", "webp"] | None = Field(
+        None, description="file format of the answer: png for images; mp4 (default), gif or webp for video"
+    )
     use_refiner: bool | None = Field(
         None, description="false skips the server's refiner for this request (text2img, img2img)"
     )
@@ -118,7 +147,7 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"must be between 1 and {limit}")
         return value
 
-    @field_validator("height", "width")
+    @field_validator("height", "width", "video_height", "video_width")
     @classmethod
     def _side_within_limit(cls, value: int, info: ValidationInfo) -> int:
         limit = _limits(info).max_side
@@ -196,21 +225,45 @@ def given_input(request: GenerationRequest, name: str) -> str | None:
     return present[0] if present else None
 
 
-def resolve_task(request: GenerationRequest, default_task: str) -> GenerationRequest:
-    """The request with its task (explicit, else inferred from its inputs) and task defaults filled in."""
+def _check_kind_fields(request: GenerationRequest, task: str) -> None:
+    given = request.model_fields_set
+    if task == "text2video":
+        for name, video_name in VIDEO_COUNTERPARTS.items():
+            if name in given:
+                raise RequestError(
+                    name, f"does not apply to text2video (use {video_name}), got {getattr(request, name)}"
+                )
+        return
+    for name in VIDEO_FIELDS:
+        if name in given:
+            raise RequestError(
+                name, f'applies to text2video only (send "task_type": "text2video"), got {getattr(request, name)}'
+            )
+
+
+def resolve_task(request: GenerationRequest, default_task: str, served: tuple[str, ...]) -> GenerationRequest:
+    """The request with its task (explicit, else inferred from its inputs) and task defaults filled in;
+    a task outside `served` (what this server's models can do) is a 400."""
     image, mask = given_input(request, "image"), given_input(request, "mask")
     task = request.task_type
     if task is None:
         if mask and not image:
             raise RequestError(mask, "given without an image: inpainting needs image or image_url as well")
         task = "inpaint" if mask else "img2img" if image else default_task
+    if task not in served:
+        raise RequestError("task_type", f"this server serves {', '.join(served)}, got {task!r}")
     for name in TASK_INPUTS[task]:
         if given_input(request, name) is None:
             raise RequestError(name, f"task_type {task} needs {name} or {INPUT_FIELDS[name][1]}")
+    _check_kind_fields(request, task)
     strength = request.strength
     if strength is None:
         strength = TASK_DEFAULT_STRENGTH.get(task, DEFAULT_STRENGTH)
-    return request.model_copy(update={"task_type": task, "strength": strength})
+    formats = TASK_OUTPUT_FORMATS[task]
+    output_format = request.output_format or formats[0]
+    if output_format not in formats:
+        raise RequestError("output_format", f"{task} answers with {', '.join(formats)}, got {output_format!r}")
+    return request.model_copy(update={"task_type": task, "strength": strength, "output_format": output_format})
 
 
 def check_side(name: str, value: int, limits: Limits, multiple: int, how: str = "") -> None:

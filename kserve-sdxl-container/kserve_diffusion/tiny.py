@@ -5,7 +5,7 @@ nothing is downloaded. The VAE downsamples by 8 like the real one. Every compone
 its own fixed seed, so the tiny refiner's `text_encoder_2` and VAE, and the tiny inpainting model's
 text encoders and VAE, equal the tiny base's.
 
-Usage: python -m kserve_diffusion.tiny --family sdxl|sdxl-refiner|sdxl-inpaint --out DIR [--single-file]
+Usage: python -m kserve_diffusion.tiny --family sdxl|sdxl-refiner|sdxl-inpaint|wan --out DIR [--single-file]
 """
 
 from __future__ import annotations
@@ -20,15 +20,28 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderKLWan,
     EulerDiscreteScheduler,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
+    UniPCMultistepScheduler,
+    WanPipeline,
+    WanTransformer3DModel,
 )
 from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    PreTrainedTokenizerFast,
+    UMT5Config,
+    UMT5EncoderModel,
+)
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from . import ldm_export
@@ -176,12 +189,81 @@ def build_sdxl_inpaint() -> StableDiffusionXLInpaintPipeline:
     )
 
 
+T5_HIDDEN = 32
+WAN_MAX_TOKENS = 512  # WanPipeline's max_sequence_length
+
+
+def build_t5_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer with T5's special tokens (pad 0, eos 1, unk 2), built in memory."""
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{chr(c): i + 3 for i, c in enumerate(range(32, 127))}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=WAN_MAX_TOKENS,
+    )
+
+
+def build_wan() -> WanPipeline:
+    """The tiny Wan2.1 text-to-video pipeline: UMT5 encoder, 3D transformer, Wan VAE (/8 in space, /4 in time)."""
+    tokenizer = build_t5_tokenizer()
+    text_config = UMT5Config(
+        vocab_size=len(tokenizer),
+        d_model=T5_HIDDEN,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_seeded(7, lambda: UMT5EncoderModel(text_config)),
+        vae=_seeded(
+            8,
+            lambda: AutoencoderKLWan(
+                base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+            ),
+        ),
+        transformer=_seeded(
+            9,
+            lambda: WanTransformer3DModel(
+                patch_size=(1, 2, 2),
+                num_attention_heads=2,
+                attention_head_dim=12,
+                in_channels=16,
+                out_channels=16,
+                text_dim=T5_HIDDEN,
+                freq_dim=256,
+                ffn_dim=32,
+                num_layers=2,
+                cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads",
+                rope_max_seq_len=1024,
+            ),
+        ),
+        # The scheduler the Wan2.1 model card configures (flow_shift 3.0: 480p).
+        scheduler=UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
+        ),
+    )
+
+
 SDXLPipelines = StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline | StableDiffusionXLInpaintPipeline
-BUILDERS: dict[str, Callable[[], SDXLPipelines]] = {
+BUILDERS: dict[str, Callable[[], SDXLPipelines | WanPipeline]] = {
     "sdxl": build_sdxl_base,
     "sdxl-refiner": build_sdxl_refiner,
     "sdxl-inpaint": build_sdxl_inpaint,
+    "wan": build_wan,
 }
+SINGLE_FILE_FAMILIES = ("sdxl", "sdxl-refiner", "sdxl-inpaint")
 FAMILIES = tuple(BUILDERS)
 
 
@@ -202,6 +284,8 @@ def write(family: str, out: Path, single_file: bool = False) -> Path:
     """Write the tiny `family` pipeline to `out`; return the path to serve (folder or file)."""
     if family not in BUILDERS:
         raise ValueError(f"family: expected one of {', '.join(FAMILIES)}, got {family!r}")
+    if single_file and family not in SINGLE_FILE_FAMILIES:
+        raise ValueError(f"--single-file: only for {', '.join(SINGLE_FILE_FAMILIES)}, got {family!r}")
     pipeline = BUILDERS[family]()
     out.mkdir(parents=True, exist_ok=True)
     if not single_file:
@@ -231,7 +315,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     diffusers_logging.disable_progress_bar()
-    path = write(args.family, args.out, args.single_file)
+    try:
+        path = write(args.family, args.out, args.single_file)
+    except ValueError as exc:
+        parser.error(str(exc))
     print(path)
 
 

@@ -1,15 +1,19 @@
-"""Model family registry: the one place that maps --model_type to loading code."""
+"""Model family registry: the one place that maps --model_type (and --video_model_id) to loading code."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from ..config import ServerConfig
 from ..errors import ConfigError
-from . import sdxl
+from . import sdxl, wan
 from .base import Family, Runner
+from .combined import CombinedRunner
 
 FAMILIES: dict[str, Family] = {
     "sdxl": Family("sdxl", "Stable Diffusion XL (base, optional refiner)", load=sdxl.load),
     "flux": Family("flux", "FLUX.1", unavailable="FLUX support is planned but not implemented yet"),
-    "wan": Family("wan", "Wan2.1 text-to-video", unavailable="Wan2.1 video support is planned but not implemented yet"),
+    "wan": Family("wan", "Wan2.1 text-to-video", load=wan.load),
 }
 
 
@@ -24,4 +28,19 @@ def get_family(name: str) -> Family:
     return family
 
 
-__all__ = ["FAMILIES", "Family", "Runner", "get_family"]
+def serving_family(config: ServerConfig) -> Family:
+    """What this server loads: --model_type's family, plus Wan video beside it with --video_model_id."""
+    family = get_family(config.model_type)
+    if not config.video_model_id:
+        return family
+    image_load = family.load
+    assert image_load is not None
+
+    def load_both(config: ServerConfig) -> Runner:
+        video = wan.load(config, config.video_model_id, "--video_model_id")
+        return CombinedRunner(image_load(config), video)
+
+    return replace(family, title=f"{family.title} + Wan2.1 text-to-video", load=load_both)
+
+
+__all__ = ["FAMILIES", "CombinedRunner", "Family", "Runner", "get_family", "serving_family"]

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from diffusers import DiffusionPipeline
 from PIL.Image import Image
 
 from ..config import ServerConfig
 from ..inputs import NO_INPUTS, InputImages
+from ..media import Video
 from ..schedulers import SchedulerFactory
 from ..schemas import GenerationRequest, Limits
+
+
+def with_scheduler(pipeline: DiffusionPipeline, scheduler: Any) -> DiffusionPipeline:
+    """A shallow copy of `pipeline` using `scheduler`; the shared pipeline is left untouched."""
+    view = copy.copy(pipeline)
+    view.scheduler = scheduler
+    return view
 
 
 class Runner(Protocol):
@@ -26,8 +36,8 @@ class Runner(Protocol):
         """Apply family rules; return the request with its task resolved, or raise RequestError."""
         ...
 
-    def generate(self, request: GenerationRequest, seed: int, inputs: InputImages = NO_INPUTS) -> list[Image]:
-        """Run the pipeline(s) on the calling (accelerator) thread."""
+    def generate(self, request: GenerationRequest, seed: int, inputs: InputImages = NO_INPUTS) -> list[Image] | Video:
+        """Run the pipeline(s) on the calling (accelerator) thread: images, or one video."""
         ...
 
 

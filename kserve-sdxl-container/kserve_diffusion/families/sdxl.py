@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,19 +20,13 @@ from .. import devices
 from ..config import ServerConfig
 from ..errors import ConfigError, RequestError
 from ..inputs import NO_INPUTS, InputImages
-from ..schedulers import SDXL_SCHEDULERS, SchedulerFactory, build_scheduler
+from ..schedulers import SDXL_DEFAULT_SCHEDULER, SDXL_SCHEDULERS, SchedulerFactory, build_scheduler
 from ..schemas import GenerationRequest, Limits, check_pixels, check_side, resolve_task
+from .base import with_scheduler
 from .loading import load_pretrained, load_single_file
 
 logger = logging.getLogger("kserve.diffusion")
 SIZE_MULTIPLE = 8
-
-
-def with_scheduler(pipeline: DiffusionPipeline, scheduler: Any) -> DiffusionPipeline:
-    """A shallow copy of `pipeline` using `scheduler`; the shared pipeline is left untouched."""
-    view = copy.copy(pipeline)
-    view.scheduler = scheduler
-    return view
 
 
 class SDXLRunner:
@@ -63,17 +56,17 @@ class SDXLRunner:
 
     def check(self, request: GenerationRequest, limits: Limits) -> GenerationRequest:
         """SDXL rules: served task, sizes, scheduler names, refiner fields, steps x strength."""
-        request = resolve_task(request, self.default_task)
+        request = resolve_task(request, self.default_task, self.tasks)
         task = request.task_type
-        if task not in self.tasks:
-            raise RequestError("task_type", f"this server serves {', '.join(self.tasks)}, got {task!r}")
         # Image tasks take a missing side from the input image; the loader checks what it derives.
         given = {"width", "height"} if task == "text2img" else {"width", "height"} & request.model_fields_set
         for side in sorted(given):
             check_side(side, getattr(request, side), limits, SIZE_MULTIPLE)
         if len(given) == 2:
             check_pixels(request.width, request.height, limits)
-        if request.scheduler not in self.schedulers:
+        if request.scheduler is None:
+            request = request.model_copy(update={"scheduler": SDXL_DEFAULT_SCHEDULER})
+        elif request.scheduler not in self.schedulers:
             raise RequestError("scheduler", f"must be one of {', '.join(self.schedulers)}, got {request.scheduler!r}")
         self._check_refiner_fields(request)
         assert request.strength is not None  # resolve_task filled it in
@@ -248,6 +241,7 @@ def load(config: ServerConfig) -> SDXLRunner:
     for pipeline in (base, refiner, img2img, inpaint):
         if pipeline is not None:
             pipeline.set_progress_bar_config(disable=True)
+            devices.apply_vae_options(pipeline, config)
             # Offload modes hook modules; each pipeline re-installs its hooks after every call.
             devices.place(pipeline, config.device)
     return SDXLRunner(base, refiner, img2img, inpaint)

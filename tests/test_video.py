@@ -1,0 +1,227 @@
+"""Wan2.1 text-to-video: MP4/GIF/WebP answers, the combined image + video endpoint, start-video.sh."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+from kserve import InferenceGRPCClient
+from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
+from kserve_diffusion import media
+from kserve_diffusion.families.wan import WanRunner, frame_count_problem
+from kserve_diffusion.schemas import Limits, parse_request
+from PIL import Image
+
+from tests.conftest import STARTUP_TIMEOUT, ServerProcess
+from tests.helpers import decode_data_url, only_image, predict
+
+ROOT = Path(__file__).parents[1]
+CLIP = {
+    "task_type": "text2video",
+    "prompt": "a fox running",
+    "video_height": 64,
+    "video_width": 96,
+    "num_frames": 9,
+    "num_inference_steps": 2,
+}
+
+
+def clip(**fields: object) -> dict:
+    """A cheap text2video instance for the tiny Wan."""
+    return {**CLIP, **fields}
+
+
+def mp4_facts(data: bytes) -> tuple[np.ndarray, dict]:
+    """(frames, ffmpeg metadata) of MP4 bytes, decoded by imageio-ffmpeg."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "video.mp4"
+        path.write_bytes(data)
+        reader = imageio.get_reader(path, format="FFMPEG")
+        try:
+            return np.stack([frame for frame in reader.iter_data()]), reader.get_meta_data()
+        finally:
+            reader.close()
+
+
+@pytest.fixture(scope="module")
+def video(video_server: ServerProcess) -> Iterator[httpx.Client]:
+    """An httpx client for the combined SDXL + Wan server."""
+    with httpx.Client(base_url=video_server.url, timeout=300) as http:
+        yield http
+
+
+def only_video(response: httpx.Response) -> tuple[dict, str, bytes]:
+    """(prediction, mime type, file bytes) of a one-video v1 answer."""
+    assert response.status_code == 200, response.text
+    (prediction,) = response.json()["predictions"]
+    mime, data = decode_data_url(prediction["video"])
+    return prediction, mime, data
+
+
+def test_mp4_has_the_requested_frames_size_and_rate(video: httpx.Client) -> None:
+    prediction, mime, data = only_video(predict(video, clip(fps=12, seed=5)))
+    assert mime == "video/mp4" and prediction["task_type"] == "text2video" and prediction["seed"] == 5
+    facts = {key: prediction[key] for key in ("num_frames", "fps", "width", "height", "duration_seconds")}
+    assert facts == {"num_frames": 9, "fps": 12, "width": 96, "height": 64, "duration_seconds": 0.75}
+    frames, meta = mp4_facts(data)
+    assert frames.shape == (9, 64, 96, 3)
+    assert meta["fps"] == 12 and meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p")
+    assert data.index(b"moov") < data.index(b"mdat")  # +faststart: playable while downloading
+
+
+@pytest.mark.parametrize("output_format", ["gif", "webp"])
+def test_animated_gif_and_webp(video: httpx.Client, output_format: str) -> None:
+    prediction, mime, data = only_video(predict(video, clip(output_format=output_format, fps=10)))
+    assert mime == f"image/{output_format}"
+    animation = Image.open(io.BytesIO(data))
+    assert animation.format == output_format.upper() and animation.size == (96, 64)
+    animation.load()  # WebP reports a frame's duration once it is decoded
+    assert animation.n_frames == 9 and animation.info["duration"] == 100
+
+
+def test_same_seed_same_frames(video: httpx.Client) -> None:
+    first = only_video(predict(video, clip(seed=9, output_format="gif")))[2]
+    again = only_video(predict(video, clip(seed=9, output_format="gif")))[2]
+    other = only_video(predict(video, clip(seed=10, output_format="gif")))[2]
+    assert first == again and first != other
+    mp4_a, mp4_b = (mp4_facts(only_video(predict(video, clip(seed=9)))[2])[0] for _ in range(2))
+    assert np.array_equal(mp4_a, mp4_b)
+
+
+def test_one_endpoint_serves_images_and_videos(video: httpx.Client) -> None:
+    image_request = {"prompt": "a fox", "height": 64, "width": 64, "num_inference_steps": 2}
+    prediction, image, _ = only_image(predict(video, image_request))  # no task_type: text2img
+    assert prediction["task_type"] == "text2img" and image.size == (64, 64)
+    answer = predict(video, clip(), {**image_request, "task_type": "text2img"})
+    assert [p["task_type"] for p in answer.json()["predictions"]] == ["text2video", "text2img"]
+    # fields of the other kind are pointed out, not silently ignored
+    answer = predict(video, {**CLIP, "task_type": None})
+    assert answer.status_code == 400
+    assert 'video_height: applies to text2video only (send "task_type": "text2video")' in answer.json()["error"]
+    answer = predict(video, clip(height=64))
+    assert answer.json()["error"] == "height: does not apply to text2video (use video_height), got 64"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"num_frames": 27},
+            "num_frames: Wan needs 4k+1 frames (1, 5, 9, ..., 81): the nearest valid counts are 25 or 29",
+        ),
+        ({"num_frames": 3}, "nearest valid counts are 1 or 5, got 3"),
+        ({"num_frames": 85}, "num_frames: must be between 1 and 81, got 85"),
+        ({"video_width": 100}, "video_width: must be a multiple of 16 (e.g. 96 or 112), got 100"),
+        ({"video_height": 4096}, "video_height: must be between 64 and 2048, got 4096"),
+        ({"num_frames": 81, "video_width": 2048, "video_height": 2048}, "num_frames x video_width x video_height"),
+        ({"video_guidance_scale": 25}, "video_guidance_scale: must be >= 1 and <= 20, got 25"),
+        ({"fps": 60}, "fps: must be >= 6 and <= 30, got 60"),
+        ({"output_format": "png"}, "output_format: text2video answers with mp4, gif, webp, got 'png'"),
+        ({"num_images": 2}, "num_images: text2video makes one video per request"),
+        ({"high_noise_frac": 0.5}, "high_noise_frac: does not apply to text2video"),
+        ({"scheduler": "DDIM"}, "scheduler: must be one of UniPC, got 'DDIM'"),
+    ],
+)
+def test_bad_video_requests_are_400s(video: httpx.Client, fields: dict, message: str) -> None:
+    answer = predict(video, clip(**fields))
+    assert answer.status_code == 400, answer.text
+    assert message in answer.json()["error"], answer.json()["error"]
+
+
+def test_image_output_format_is_checked(video: httpx.Client) -> None:
+    answer = predict(video, {"prompt": "a fox", "output_format": "mp4"})
+    assert answer.status_code == 400 and "output_format: text2img answers with png, got 'mp4'" in answer.text
+
+
+def test_v2_rest_answers_a_video_tensor(video: httpx.Client) -> None:
+    parameters = {key: value for key, value in clip(seed=3).items() if key != "prompt"}
+    body = {
+        "inputs": [{"name": "prompt", "shape": [1], "datatype": "BYTES", "data": ["a fox"]}],
+        "parameters": parameters,
+    }
+    answer = video.post("/v2/models/sdxl/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    outputs = {output["name"]: output for output in result["outputs"]}
+    assert outputs["video"]["shape"] == [1] and outputs["video"]["parameters"]["content_type"] == "video/mp4"
+    parameters = {key: result["parameters"][key] for key in ("task_type", "num_frames", "fps", "width", "height")}
+    assert parameters == {"task_type": "text2video", "num_frames": 9, "fps": 8, "width": 96, "height": 64}
+    frames, _ = mp4_facts(base64.b64decode(outputs["video"]["data"][0]))
+    assert frames.shape == (9, 64, 96, 3)
+    metadata = video.get("/v2/models/sdxl").json()
+    assert {"name": "video", "datatype": "BYTES", "shape": [1]} in metadata["outputs"]
+
+
+def test_grpc_answers_a_video_tensor(video_server: ServerProcess) -> None:
+    prompt = InferInput("prompt", [1], "BYTES", data=[b"a fox"])
+    parameters = {**{k: v for k, v in CLIP.items() if k != "prompt"}, "output_format": "gif"}
+    request = InferRequest(model_name="sdxl", infer_inputs=[prompt], parameters=parameters)
+
+    async def call() -> InferResponse:
+        client = InferenceGRPCClient(video_server.grpc_target, timeout=300)
+        try:
+            return await client.infer(request)
+        finally:
+            await client.close()
+
+    response = asyncio.run(call())
+    (output,) = [o for o in response.outputs if o.name == "video"]
+    assert output.parameters["content_type"].string_param == "image/gif"
+    assert Image.open(io.BytesIO(base64.b64decode(output.as_numpy()[0]))).n_frames == 9
+
+
+# --- video only, launched by start-video.sh ---
+
+
+@pytest.fixture(scope="module")
+def script_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """start-video.sh as written: the model path, device and name overridden, the ports passed through."""
+    env = {
+        "MODEL_ID": str(tiny_models["wan"]),
+        "DEVICE": "cpu",
+        "MODEL_NAME": "sdxl",  # the name ServerProcess waits for
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # this venv's kserve-diffusion
+    }
+    log = tmp_path_factory.mktemp("logs") / "start-video.log"
+    server = ServerProcess([], log, env=env, launcher=[str(ROOT / "start-video.sh")]).wait_ready(STARTUP_TIMEOUT)
+    yield server
+    server.stop()
+
+
+def test_start_video_script_serves_video_only(script_server: ServerProcess) -> None:
+    with httpx.Client(base_url=script_server.url, timeout=300) as http:
+        prediction, mime, _ = only_video(predict(http, clip(task_type=None)))  # no task_type: text2video
+        assert prediction["task_type"] == "text2video" and mime == "video/mp4"
+        answer = predict(http, {"prompt": "a fox", "task_type": "text2img"})
+        assert answer.status_code == 400
+        assert answer.json()["error"] == "task_type: this server serves text2video, got 'text2img'"
+
+
+# --- units ---
+
+
+def test_frame_counts_and_flow_shift() -> None:
+    assert frame_count_problem(81) is None and frame_count_problem(1) is None
+    assert "25 or 29" in frame_count_problem(26)
+    runner = WanRunner(pipeline=None, flow_shift=None)  # type: ignore[arg-type]
+    at = lambda h, w: parse_request({"prompt": "x", "video_height": h, "video_width": w}, Limits())  # noqa: E731
+    assert runner.shift_for(at(480, 832)) == 3.0 and runner.shift_for(at(720, 1280)) == 5.0
+    assert WanRunner(pipeline=None, flow_shift=4.0).shift_for(at(720, 1280)) == 4.0  # type: ignore[arg-type]
+
+
+def test_mp4_encoding_is_browser_friendly() -> None:
+    frames = np.random.default_rng(0).integers(0, 255, (5, 32, 48, 3), dtype=np.uint8)
+    data = media.encode_video(media.Video(frames, fps=8), "mp4")
+    decoded, meta = mp4_facts(data)
+    assert decoded.shape == (5, 32, 48, 3) and meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p")
+    assert data[4:8] == b"ftyp" and data.index(b"moov") < data.index(b"mdat")
