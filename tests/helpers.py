@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 
 import httpx
+from kserve import InferenceGRPCClient
+from kserve.protocol.infer_type import InferRequest, InferResponse
 from PIL import Image
 
 
@@ -41,6 +44,19 @@ def only_image(response: httpx.Response) -> tuple[dict, Image.Image, bytes]:
     mime, data = decode_data_url(url)
     assert mime == "image/png"
     return prediction, open_image(data), data
+
+
+def grpc_infer(target: str, request: InferRequest, timeout: float = 300) -> InferResponse:
+    """One v2 gRPC inference with KServe's client, run to completion."""
+
+    async def call() -> InferResponse:
+        client = InferenceGRPCClient(target, timeout=timeout)
+        try:
+            return await client.infer(request)
+        finally:
+            await client.close()
+
+    return asyncio.run(call())
 
 
 def small(**fields: object) -> dict:

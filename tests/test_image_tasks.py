@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import threading
 import time
@@ -12,8 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from kserve import InferenceGRPCClient
-from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferInput, InferRequest
 
 from tests.conftest import (
     IMAGE_SERVER_FETCH_TIMEOUT,
@@ -22,7 +20,7 @@ from tests.conftest import (
     ServerProcess,
     free_port,
 )
-from tests.helpers import as_data_url, only_image, open_image, predict
+from tests.helpers import as_data_url, grpc_infer, only_image, open_image, predict
 from tests.image_host import FILES, SLOW_SECONDS, ImageHost, gradient, mask, png
 
 IMAGE = png(gradient(100, 70))  # served as 96x64: rounded down to a multiple of 8
@@ -127,14 +125,7 @@ def test_grpc_takes_raw_image_bytes(base_server: ServerProcess, binary: bool) ->
         inputs.append(tensor)
     request = InferRequest(model_name="sdxl", infer_inputs=inputs, parameters=dict(STEPS))
 
-    async def call() -> InferResponse:
-        client = InferenceGRPCClient(base_server.grpc_target, timeout=120)
-        try:
-            return await client.infer(request)
-        finally:
-            await client.close()
-
-    response = asyncio.run(call())
+    response = grpc_infer(base_server.grpc_target, request)
     assert response.parameters["task_type"].string_param == "img2img"
     images = next(o for o in response.outputs if o.name == "images").as_numpy()
     assert open_image(base64.b64decode(images[0])).size == (96, 64)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import subprocess
 import sys
@@ -13,10 +12,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from kserve import InferenceGRPCClient
-from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferInput, InferRequest
 
-from tests.helpers import open_image
+from tests.helpers import grpc_infer, open_image
 
 INFER = "/v2/models/sdxl/infer"
 
@@ -95,14 +93,6 @@ def _input(name: str, datatype: str, value: object, binary: bool = True) -> Infe
     return item
 
 
-async def _grpc_infer(target: str, request: InferRequest) -> InferResponse:
-    client = InferenceGRPCClient(target, timeout=120)
-    try:
-        return await client.infer(request)
-    finally:
-        await client.close()
-
-
 @pytest.mark.parametrize("binary", [True, False], ids=["raw_contents", "typed_contents"])
 def test_v2_grpc_round_trip(base_server, binary: bool) -> None:
     request = _grpc_request(
@@ -112,7 +102,7 @@ def test_v2_grpc_round_trip(base_server, binary: bool) -> None:
         _input("guidance_scale", "FP32", 5.0, binary),
         parameters={"width": 128, "num_inference_steps": 2},
     )
-    response = asyncio.run(_grpc_infer(base_server.grpc_target, request))
+    response = grpc_infer(base_server.grpc_target, request)
     outputs = {output.name: output for output in response.outputs}
     images = outputs["images"].as_numpy()
     assert images.shape == (1,)
@@ -141,7 +131,7 @@ def test_v2_grpc_bad_input_is_invalid_argument(base_server) -> None:
         (_grpc_request(_input("prompt", "FP32", 1.0)), "prompt: datatype must be one of BYTES"),
     ]:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            asyncio.run(_grpc_infer(base_server.grpc_target, request))
+            grpc_infer(base_server.grpc_target, request)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert words in caught.value.details()
 

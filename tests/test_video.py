@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import os
@@ -15,15 +14,14 @@ import httpx
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-from kserve import InferenceGRPCClient
-from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferInput, InferRequest
 from kserve_diffusion import media
 from kserve_diffusion.families.wan import WanRunner, frame_count_problem
 from kserve_diffusion.schemas import Limits, parse_request
 from PIL import Image
 
 from tests.conftest import STARTUP_TIMEOUT, ServerProcess
-from tests.helpers import decode_data_url, only_image, predict
+from tests.helpers import decode_data_url, grpc_infer, only_image, predict
 
 ROOT = Path(__file__).parents[1]
 CLIP = {
@@ -167,14 +165,7 @@ def test_grpc_answers_a_video_tensor(video_server: ServerProcess) -> None:
     parameters = {**{k: v for k, v in CLIP.items() if k != "prompt"}, "output_format": "gif"}
     request = InferRequest(model_name="sdxl", infer_inputs=[prompt], parameters=parameters)
 
-    async def call() -> InferResponse:
-        client = InferenceGRPCClient(video_server.grpc_target, timeout=300)
-        try:
-            return await client.infer(request)
-        finally:
-            await client.close()
-
-    response = asyncio.run(call())
+    response = grpc_infer(video_server.grpc_target, request)
     (output,) = [o for o in response.outputs if o.name == "video"]
     assert output.parameters["content_type"].string_param == "image/gif"
     assert Image.open(io.BytesIO(base64.b64decode(output.as_numpy()[0]))).n_frames == 9

@@ -17,7 +17,6 @@ class CombinedRunner:
     """Serves the tasks of both runners; a request goes to the runner that serves its task."""
 
     def __init__(self, image: Runner, video: Runner):
-        self.image = image
         self.by_task: dict[str, Runner] = {task: runner for runner in (image, video) for task in runner.tasks}
         self.tasks = tuple(self.by_task)
         self.default_task = image.default_task

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,7 +18,6 @@ from ..schemas import GenerationRequest, Limits, check_side, resolve_task
 from .base import with_scheduler
 from .loading import load_pretrained
 
-logger = logging.getLogger("kserve.diffusion")
 SIZE_MULTIPLE = 16  # VAE /8, then 2x2 patches
 FRAME_STEP = 4  # the VAE compresses time by 4: num_frames = 4k + 1
 # flow_shift from the model card: 3.0 suits 480p, 5.0 suits 720p.
