@@ -34,12 +34,18 @@ class ServerProcess:
     """`python -m kserve_diffusion ...` in a subprocess, with its log kept for assertions."""
 
     def __init__(
-        self, args: list[str], log_path: Path, env: dict[str, str] | None = None, launcher: list[str] | None = None
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
+        model_name: str = "sdxl",
     ):
-        """`launcher` replaces `python -m kserve_diffusion --model_name sdxl --device cpu` (e.g. a start script)."""
+        """`launcher` replaces `python -m kserve_diffusion --model_name NAME --device cpu` (e.g. a start script)."""
         self.http_port, self.grpc_port = free_port(), free_port()
         self.log_path = log_path
-        default = [sys.executable, "-m", "kserve_diffusion", "--model_name", "sdxl", "--device", "cpu"]
+        self.model_name = model_name
+        default = [sys.executable, "-m", "kserve_diffusion", "--model_name", model_name, "--device", "cpu"]
         ports = ["--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port)]
         self.command = [*(launcher or default), *ports, *args]
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -68,7 +74,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()[-4000:]}")
             try:
-                if httpx.get(f"{self.url}/v2/models/sdxl/ready", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/v2/models/{self.model_name}/ready", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -90,7 +96,8 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny SDXL base, refiner and inpainting model, each as a diffusers folder and as a single file + config."""
+    """The tiny SDXL base, refiner and inpainting model, each as a diffusers folder and as a single file + config;
+    the tiny FLUX (dev-like as a folder and as a single-file transformer + components; schnell-like); Wan."""
     root = tmp_path_factory.mktemp("tiny")
     return {
         "sdxl": tiny.write("sdxl", root / "sdxl"),
@@ -99,13 +106,18 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "refiner_file": tiny.write("sdxl-refiner", root / "refiner-file", single_file=True),
         "inpaint": tiny.write("sdxl-inpaint", root / "inpaint"),
         "inpaint_file": tiny.write("sdxl-inpaint", root / "inpaint-file", single_file=True),
+        "flux": tiny.write("flux", root / "flux"),
+        "flux_file": tiny.write("flux", root / "flux-file", single_file=True),
+        "flux_schnell": tiny.write("flux-schnell", root / "flux-schnell"),
         "wan": tiny.write("wan", root / "wan"),
     }
 
 
-def start_server(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> ServerProcess:
+def start_server(
+    args: list[str], log_path: Path, env: dict[str, str] | None = None, model_name: str = "sdxl"
+) -> ServerProcess:
     """Start a server and wait until it is ready."""
-    return ServerProcess(args, log_path, env).wait_ready()
+    return ServerProcess(args, log_path, env, model_name=model_name).wait_ready()
 
 
 @pytest.fixture(scope="session")
@@ -175,6 +187,17 @@ def video_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
     """One endpoint for both: the tiny SDXL base with the tiny Wan beside it (--video_model_id)."""
     args = ["--model_id", str(tiny_models["sdxl"]), "--video_model_id", str(tiny_models["wan"])]
     server = start_server(args, tmp_path_factory.mktemp("logs") / "video.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def flux_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Model "flux", the tiny FLUX (dev-like): its transformer from a single file, the rest from --model_id, offline."""
+    checkpoint = tiny_models["flux_file"]
+    args = ["--model_type", "flux", "--model_id", str(checkpoint.parent / "components"), "--single_file_model"]
+    log = tmp_path_factory.mktemp("logs") / "flux.log"
+    server = start_server([*args, str(checkpoint)], log, env={"HF_HUB_OFFLINE": "1"}, model_name="flux")
     yield server
     server.stop()
 

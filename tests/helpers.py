@@ -31,9 +31,9 @@ def as_data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def predict(http: httpx.Client, *instances: dict) -> httpx.Response:
-    """POST a v1 predict for the demo model name."""
-    return http.post("/v1/models/sdxl:predict", json={"instances": list(instances)})
+def predict(http: httpx.Client, *instances: dict, model: str = "sdxl") -> httpx.Response:
+    """POST a v1 predict (to the demo's model name unless told)."""
+    return http.post(f"/v1/models/{model}:predict", json={"instances": list(instances)})
 
 
 def only_image(response: httpx.Response) -> tuple[dict, Image.Image, bytes]:

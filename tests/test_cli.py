@@ -30,10 +30,10 @@ def test_misspelled_flag_is_a_startup_error() -> None:
     assert "unrecognized arguments: --model_idd" in result.stderr
 
 
-def test_flux_is_not_served_yet() -> None:
-    result = run("--model-type", "flux", "--device", "cpu")
+def test_flux_with_an_sdxl_only_flag_is_a_startup_error() -> None:
+    result = run("--model-type", "flux", "--device", "cpu", "--inpaint_model_id", "/x")
     assert result.returncode == 2
-    assert "FLUX support is planned" in result.stderr
+    assert "--inpaint_model_id: applies to SDXL only, not --model_type flux" in result.stderr
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:

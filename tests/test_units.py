@@ -12,6 +12,7 @@ from kserve_diffusion import media, protocols
 from kserve_diffusion.config import ServerConfig
 from kserve_diffusion.errors import GenerationFailed, RequestError
 from kserve_diffusion.families import Family
+from kserve_diffusion.families.sdxl import SDXLRunner
 from kserve_diffusion.model import DiffusionModel
 from kserve_diffusion.schedulers import SDXL_SCHEDULERS, build_scheduler
 from kserve_diffusion.schemas import TASK_TYPES as ALL_TASKS
@@ -31,13 +32,10 @@ SDXL_SCHEDULER_CONFIG = {
 
 def test_defaults_follow_seed_000() -> None:
     request = parse_request({"prompt": "x"}, Limits())
-    assert (request.height, request.width, request.num_inference_steps, request.refiner_inference_steps) == (
-        1024,
-        1024,
-        25,
-        50,
-    )
-    assert (request.guidance_scale, request.num_images, request.scheduler) == (7.5, 1, None)  # family default
+    assert (request.num_inference_steps, request.scheduler) == (None, None)  # the family's default
+    sdxl = SDXLRunner(None, None, None, None).check(request, Limits())  # type: ignore[arg-type]
+    assert (sdxl.height, sdxl.width, sdxl.num_inference_steps, sdxl.refiner_inference_steps) == (1024, 1024, 25, 50)
+    assert (sdxl.guidance_scale, sdxl.num_images, sdxl.scheduler) == (7.5, 1, "DDIM")
     assert request.seed is None and request.high_noise_frac is None and request.strength is None
     # strength depends on the task: 0.3 (seed 000's default), 1.0 for inpainting
     assert resolve_task(request, "text2img", ALL_TASKS).strength == 0.3

@@ -126,8 +126,11 @@ def test_one_endpoint_serves_images_and_videos(video: httpx.Client) -> None:
         ({"fps": 60}, "fps: must be >= 6 and <= 30, got 60"),
         ({"output_format": "png"}, "output_format: text2video answers with mp4, gif, webp, got 'png'"),
         ({"num_images": 2}, "num_images: text2video makes one video per request"),
-        ({"high_noise_frac": 0.5}, "high_noise_frac: does not apply to text2video"),
-        ({"scheduler": "DDIM"}, "scheduler: must be one of UniPC, got 'DDIM'"),
+        ({"high_noise_frac": 0.5}, "high_noise_frac: applies to SDXL only, not Wan video, got 0.5"),
+        (
+            {"scheduler": "DDIM"},
+            "scheduler: must be one of UniPC (DDIM is a scheduler of SDXL; it does not apply to Wan)",
+        ),
     ],
 )
 def test_bad_video_requests_are_400s(video: httpx.Client, fields: dict, message: str) -> None:

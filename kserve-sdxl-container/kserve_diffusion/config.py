@@ -21,6 +21,7 @@ from .errors import ConfigError
 MODEL_TYPES = ("sdxl", "flux", "wan")
 DEVICES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
+FLUX_VARIANTS = ("auto", "dev", "schnell")
 TOKEN_ENV_VARS = ("HUGGINGFACE_TOKEN", "HF_TOKEN")
 # --dtype auto on an accelerator, per family (the model cards' advice); on the CPU always float32.
 ACCELERATOR_DTYPES = {"sdxl": "float16", "flux": "bfloat16", "wan": "bfloat16"}
@@ -89,7 +90,13 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("model_type", "MODEL_TYPE", _choice(MODEL_TYPES), "sdxl", "model family to serve", MODEL_TYPES),
     Option("model_id", "MODEL_ID", str, "/mnt/models", "local diffusers folder or Hugging Face hub id"),
-    Option("single_file_model", "SINGLE_FILE_MODEL", str, None, "base weights as one .safetensors checkpoint"),
+    Option(
+        "single_file_model",
+        "SINGLE_FILE_MODEL",
+        str,
+        None,
+        "base weights as one .safetensors checkpoint (FLUX: the transformer only, the rest from --model_id)",
+    ),
     Option(
         "single_file_config",
         "SINGLE_FILE_CONFIG",
@@ -157,8 +164,17 @@ OPTIONS: tuple[Option, ...] = (
         "DTYPE",
         _choice(DTYPES),
         "auto",
-        "weights dtype; auto: float16 (SDXL) or bfloat16 (Wan) on CUDA, float32 on CPU",
+        "weights dtype; auto: float16 (SDXL) or bfloat16 (FLUX, Wan) on CUDA, float32 on CPU",
         DTYPES,
+    ),
+    Option(
+        "flux_variant",
+        "FLUX_VARIANT",
+        _choice(FLUX_VARIANTS),
+        "auto",
+        "FLUX.1 variant, which sets the request defaults; auto: dev when the transformer has guidance "
+        "embeddings, schnell when not",
+        FLUX_VARIANTS,
     ),
     Option(
         "video_model_id",
@@ -211,6 +227,7 @@ class ServerConfig:
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
     image_fetch_timeout: float = 10.0
+    flux_variant: str = "auto"
     video_model_id: str | None = None
     flow_shift: float | None = None
     max_frames: int = 81

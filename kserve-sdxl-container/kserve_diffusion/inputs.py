@@ -16,7 +16,7 @@ from . import media
 from .config import ServerConfig
 from .errors import RequestError
 from .fetch import FetchError, FetchPolicy, fetch
-from .schemas import MIN_SIDE, TASK_INPUTS, GenerationRequest, Limits, check_pixels, check_side, given_input
+from .schemas import MIN_SIDE, TASK_INPUTS, GenerationRequest, Limits, check_pixels, check_side, fill, given_input
 
 _MODES = {"image": "RGB", "mask": "L"}
 
@@ -131,7 +131,7 @@ class InputLoader:
             else picture.resize((width, height), Resampling.LANCZOS if name == "image" else Resampling.BILINEAR)
             for name, picture in decoded.items()
         }
-        return request.model_copy(update={"width": width, "height": height}), InputImages(**sized)
+        return fill(request, width=width, height=height), InputImages(**sized)
 
     async def load(self, request: GenerationRequest) -> tuple[GenerationRequest, InputImages]:
         """The request with its output size settled, and its input images (none for text tasks)."""

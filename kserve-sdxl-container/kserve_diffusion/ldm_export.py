@@ -1,8 +1,9 @@
-"""Write diffusers SDXL components as one checkpoint in the original (LDM / SGM) key layout.
+"""Write diffusers components in their original checkpoint key layouts: SDXL (LDM / SGM) and the
+FLUX transformer (Black Forest Labs').
 
-This is the inverse of diffusers' single-file conversion, so that the tiny models can be served
-through the real `from_single_file` loading path exactly as a downloaded `sd_xl_base_1.0.safetensors`
-would be. Only the layouts SDXL uses are covered.
+This is the inverse of diffusers' single-file conversion, so that models can be served through the
+real `from_single_file` loading path exactly as a downloaded `sd_xl_base_1.0.safetensors` or
+`flux1-dev.safetensors` would be. Only the layouts these models use are covered.
 """
 
 from __future__ import annotations
@@ -169,3 +170,95 @@ def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str) -> dict[str, t
     for key, parts in fused.items():
         out[prefix + key] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]], dim=0)
     return out
+
+
+# FLUX transformer: diffusers prefix -> original prefix, for modules that are only renamed.
+_FLUX_RENAMES = (
+    ("time_text_embed.timestep_embedder.linear_1.", "time_in.in_layer."),
+    ("time_text_embed.timestep_embedder.linear_2.", "time_in.out_layer."),
+    ("time_text_embed.text_embedder.linear_1.", "vector_in.in_layer."),
+    ("time_text_embed.text_embedder.linear_2.", "vector_in.out_layer."),
+    ("time_text_embed.guidance_embedder.linear_1.", "guidance_in.in_layer."),
+    ("time_text_embed.guidance_embedder.linear_2.", "guidance_in.out_layer."),
+    ("context_embedder.", "txt_in."),
+    ("x_embedder.", "img_in."),
+    ("proj_out.", "final_layer.linear."),
+)
+_FLUX_DOUBLE_RENAMES = (
+    ("norm1.linear.", "img_mod.lin."),
+    ("norm1_context.linear.", "txt_mod.lin."),
+    ("attn.norm_q.weight", "img_attn.norm.query_norm.scale"),
+    ("attn.norm_k.weight", "img_attn.norm.key_norm.scale"),
+    ("attn.norm_added_q.weight", "txt_attn.norm.query_norm.scale"),
+    ("attn.norm_added_k.weight", "txt_attn.norm.key_norm.scale"),
+    ("ff.net.0.proj.", "img_mlp.0."),
+    ("ff.net.2.", "img_mlp.2."),
+    ("ff_context.net.0.proj.", "txt_mlp.0."),
+    ("ff_context.net.2.", "txt_mlp.2."),
+    ("attn.to_out.0.", "img_attn.proj."),
+    ("attn.to_add_out.", "txt_attn.proj."),
+)
+_FLUX_SINGLE_RENAMES = (
+    ("norm.linear.", "modulation.lin."),
+    ("attn.norm_q.weight", "norm.query_norm.scale"),
+    ("attn.norm_k.weight", "norm.key_norm.scale"),
+    ("proj_out.", "linear2."),
+)
+# Projections the original fuses into one matrix, in order: original name -> diffusers names.
+_FLUX_DOUBLE_FUSED = {
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+}
+_FLUX_SINGLE_FUSED = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
+
+
+def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
+    # The original final AdaLN emits (shift, scale); diffusers' emits (scale, shift).
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def _flux_block(
+    state: dict[str, torch.Tensor],
+    source: str,
+    target: str,
+    renames: tuple[tuple[str, str], ...],
+    fused: dict[str, tuple[str, ...]],
+) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for original, parts in fused.items():
+        for kind in ("weight", "bias"):
+            out[f"{target}{original}.{kind}"] = torch.cat([state[f"{source}{part}.{kind}"] for part in parts])
+    fused_parts = tuple(f"{source}{part}." for parts in fused.values() for part in parts)
+    for key, tensor in state.items():
+        if key.startswith(source) and not key.startswith(fused_parts):
+            out[target + _rename(key[len(source) :], renames)] = tensor
+    return out
+
+
+def flux_transformer_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers FluxTransformer2DModel state dict in the layout of Black Forest Labs' checkpoints."""
+    out: dict[str, torch.Tensor] = {}
+    layouts = {
+        "transformer_blocks": ("double_blocks", _FLUX_DOUBLE_RENAMES, _FLUX_DOUBLE_FUSED),
+        "single_transformer_blocks": ("single_blocks", _FLUX_SINGLE_RENAMES, _FLUX_SINGLE_FUSED),
+    }
+    blocks = {tuple(key.split(".", 2)[:2]) for key in state if "transformer_blocks." in key}
+    for kind, index in sorted(blocks):
+        original, renames, fused = layouts[kind]
+        out.update(_flux_block(state, f"{kind}.{index}.", f"{original}.{index}.", renames, fused))
+    for key, tensor in state.items():
+        if "transformer_blocks." in key:
+            continue
+        if key.startswith("norm_out.linear."):
+            out["final_layer.adaLN_modulation.1." + key.rsplit(".", 1)[1]] = _swap_halves(tensor)
+        else:
+            out[_rename_prefix(key, _FLUX_RENAMES)] = tensor
+    return out
+
+
+def _rename_prefix(key: str, renames: tuple[tuple[str, str], ...]) -> str:
+    for old, new in renames:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    raise KeyError(f"no original name for FLUX transformer key {key}")

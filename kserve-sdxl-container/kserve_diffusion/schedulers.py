@@ -15,12 +15,15 @@ from diffusers import (
     DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     HeunDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .errors import RequestError
 
 SchedulerFactory = Callable[[Mapping[str, Any]], SchedulerMixin]
 
@@ -51,6 +54,37 @@ SDXL_DEFAULT_SCHEDULER = "DDIM"
 # Wan is a flow-matching model: its UniPC is configured for flow prediction by the loaded config.
 WAN_SCHEDULERS: dict[str, SchedulerFactory] = {"UniPC": _from(UniPCMultistepScheduler)}
 WAN_DEFAULT_SCHEDULER = "UniPC"
+
+# FLUX is a flow-matching model: Euler on the loaded config (which carries schnell's or dev's shift),
+# with the sigma spacings diffusers offers for it. Each takes the pipeline's custom sigmas and mu.
+# (Stochastic sampling is left out: FLUX pipelines do not pass their generator to it, so seeds would not repeat.)
+FLUX_SCHEDULERS: dict[str, SchedulerFactory] = {
+    "FlowMatchEuler": _from(FlowMatchEulerDiscreteScheduler),
+    "FlowMatchEulerKarras": _from(FlowMatchEulerDiscreteScheduler, use_karras_sigmas=True),
+    "FlowMatchEulerExponential": _from(FlowMatchEulerDiscreteScheduler, use_exponential_sigmas=True),
+    "FlowMatchEulerBeta": _from(FlowMatchEulerDiscreteScheduler, use_beta_sigmas=True),
+}
+FLUX_DEFAULT_SCHEDULER = "FlowMatchEuler"
+
+# family -> (its schedulers, the default name)
+FAMILY_SCHEDULERS: dict[str, tuple[Mapping[str, SchedulerFactory], str]] = {
+    "sdxl": (SDXL_SCHEDULERS, SDXL_DEFAULT_SCHEDULER),
+    "flux": (FLUX_SCHEDULERS, FLUX_DEFAULT_SCHEDULER),
+    "wan": (WAN_SCHEDULERS, WAN_DEFAULT_SCHEDULER),
+}
+_TITLES = {"sdxl": "SDXL", "flux": "FLUX", "wan": "Wan"}
+
+
+def scheduler_name(family: str, name: str | None) -> str:
+    """The scheduler a request of `family` runs with: its default, or `name` if the family has it (else a 400)."""
+    registry, default = FAMILY_SCHEDULERS[family]
+    if name is None:
+        return default
+    if name in registry:
+        return name
+    owners = " and ".join(_TITLES[f] for f, (other, _) in FAMILY_SCHEDULERS.items() if name in other)
+    why = f" ({name} is a scheduler of {owners}; it does not apply to {_TITLES[family]})" if owners else ""
+    raise RequestError("scheduler", f"must be one of {', '.join(registry)}{why}, got {name!r}")
 
 
 def build_scheduler(

@@ -42,6 +42,18 @@ TASK_DEFAULT_STRENGTH = {"inpaint": 1.0}  # inpainting repaints the masked area 
 MAX_PROMPT_CHARS = 10_000
 MAX_SEED = 2**63 - 1  # fits the v2 INT64 tensor the seed is echoed in
 MIN_SIDE = 64
+MAX_T5_TOKENS = 512  # the most T5 tokens FLUX pipelines accept
+# Fields only some families read: field -> those families. Sent to another family they would be
+# silently ignored, so they are a 400 naming the families they apply to.
+FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
+    "prompt_2": ("sdxl", "flux"),
+    "use_refiner": ("sdxl",),
+    "high_noise_frac": ("sdxl",),
+    "refiner_inference_steps": ("sdxl",),
+    "true_cfg_scale": ("flux",),
+    "max_sequence_length": ("flux",),
+}
+FAMILY_TITLES = {"sdxl": "SDXL", "flux": "FLUX", "wan": "Wan video"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,12 @@ class GenerationRequest(BaseModel):
         None, description="what to generate; inferred when absent"
     )
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what to draw")]
+    prompt_2: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="prompt for the second text encoder (SDXL's OpenCLIP, FLUX's T5); defaults to prompt",
+    )
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="what to avoid")
     image_url: str | None = Field(
         None, min_length=1, repr=False, description="input image for img2img/inpaint: an http(s) or data URL"
@@ -107,9 +125,21 @@ class GenerationRequest(BaseModel):
     width: int = Field(1024, description="image width in pixels, a multiple of 8")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when absent; always echoed")
     scheduler: str | None = Field(None, description="sampler name; the family's default when absent")
-    num_inference_steps: int = Field(25, ge=1, description="denoising steps of the base model")
-    refiner_inference_steps: int = Field(50, ge=1, description="refiner steps when it refines with strength")
-    guidance_scale: float = Field(7.5, ge=0, le=50, description="classifier-free guidance scale")
+    num_inference_steps: int | None = Field(
+        None, ge=1, description="denoising steps; by default SDXL and Wan 25, FLUX.1-dev 28, FLUX.1-schnell 4"
+    )
+    refiner_inference_steps: int | None = Field(
+        None, ge=1, description="SDXL refiner steps when it refines with strength (default 50)"
+    )
+    guidance_scale: float = Field(
+        7.5, ge=0, le=50, description="guidance scale; SDXL 7.5, FLUX.1-dev 3.5, FLUX.1-schnell 0 by default"
+    )
+    true_cfg_scale: float | None = Field(
+        None, ge=1, le=50, description="FLUX true classifier-free guidance with negative_prompt (> 1 turns it on)"
+    )
+    max_sequence_length: int | None = Field(
+        None, ge=1, le=MAX_T5_TOKENS, description="FLUX T5 prompt tokens; 512 for dev, 256 for schnell by default"
+    )
     strength: float | None = Field(
         None,
         gt=0,
@@ -141,9 +171,9 @@ class GenerationRequest(BaseModel):
 
     @field_validator(*_SERVER_LIMITED)
     @classmethod
-    def _within_server_limit(cls, value: int, info: ValidationInfo) -> int:
+    def _within_server_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
         limit = getattr(_limits(info), _SERVER_LIMITED[info.field_name])
-        if value > limit:
+        if value is not None and value > limit:
             raise ValueError(f"must be between 1 and {limit}")
         return value
 
@@ -216,6 +246,23 @@ def parse_request(data: Any, limits: Limits) -> GenerationRequest:
         raise RequestErrors(list(dict.fromkeys(messages))) from None
 
 
+def fill(request: GenerationRequest, **values: Any) -> GenerationRequest:
+    """The request with server-chosen `values`; `model_fields_set` still means "sent by the client"."""
+    filled = request.model_copy(update=values)
+    filled.__pydantic_fields_set__.intersection_update(request.model_fields_set)
+    return filled
+
+
+def with_defaults(request: GenerationRequest, limits: Limits, **defaults: Any) -> GenerationRequest:
+    """Fill the fields the client left out with the family's `defaults`, lowered to the server's limits
+    (a request that names no step count never fails because the operator set --max_steps low)."""
+    given = request.model_fields_set
+    values = {name: value for name, value in defaults.items() if name not in given or getattr(request, name) is None}
+    for name in values.keys() & _SERVER_LIMITED.keys():
+        values[name] = min(values[name], getattr(limits, _SERVER_LIMITED[name]))
+    return fill(request, **values)
+
+
 def given_input(request: GenerationRequest, name: str) -> str | None:
     """The field that carries input `name` ('image' or 'image_url'), None when absent; both is a 400."""
     inline, url = INPUT_FIELDS[name]
@@ -263,7 +310,26 @@ def resolve_task(request: GenerationRequest, default_task: str, served: tuple[st
     output_format = request.output_format or formats[0]
     if output_format not in formats:
         raise RequestError("output_format", f"{task} answers with {', '.join(formats)}, got {output_format!r}")
-    return request.model_copy(update={"task_type": task, "strength": strength, "output_format": output_format})
+    return fill(request, task_type=task, strength=strength, output_format=output_format)
+
+
+def check_family_fields(request: GenerationRequest, family: str) -> None:
+    """Raise RequestError for a field `family` does not read (see FAMILY_FIELDS)."""
+    for name, families in FAMILY_FIELDS.items():
+        value = getattr(request, name)
+        if family not in families and name in request.model_fields_set and value is not None:
+            applies = " and ".join(FAMILY_TITLES[f] for f in families)
+            raise RequestError(name, f"applies to {applies} only, not {FAMILY_TITLES[family]}, got {_shown(value)}")
+
+
+def check_image_size(request: GenerationRequest, limits: Limits, multiple: int) -> None:
+    """Check width/height of an image request; image tasks take a missing side from the input (checked later)."""
+    sides = {"width", "height"}
+    given = sides if request.task_type == "text2img" else sides & request.model_fields_set
+    for side in sorted(given):
+        check_side(side, getattr(request, side), limits, multiple)
+    if len(given) == 2:
+        check_pixels(request.width, request.height, limits)
 
 
 def check_side(name: str, value: int, limits: Limits, multiple: int, how: str = "") -> None:

@@ -5,7 +5,8 @@ nothing is downloaded. The VAE downsamples by 8 like the real one. Every compone
 its own fixed seed, so the tiny refiner's `text_encoder_2` and VAE, and the tiny inpainting model's
 text encoders and VAE, equal the tiny base's.
 
-Usage: python -m kserve_diffusion.tiny --family sdxl|sdxl-refiner|sdxl-inpaint|wan --out DIR [--single-file]
+Usage: python -m kserve_diffusion.tiny --family FAMILY --out DIR [--single-file]
+FAMILY: sdxl, sdxl-refiner, sdxl-inpaint, flux (dev-like), flux-schnell, wan
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from diffusers import (
     AutoencoderKL,
     AutoencoderKLWan,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
@@ -39,6 +43,8 @@ from transformers import (
     CLIPTextModelWithProjection,
     CLIPTokenizer,
     PreTrainedTokenizerFast,
+    T5Config,
+    T5EncoderModel,
     UMT5Config,
     UMT5EncoderModel,
 )
@@ -208,21 +214,26 @@ def build_t5_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def _t5_dimensions(tokenizer: PreTrainedTokenizerFast) -> dict[str, int | None]:
+    """Tiny T5 (FLUX) / UMT5 (Wan) encoder sizes and the tokenizer's special ids."""
+    return {
+        "vocab_size": len(tokenizer),
+        "d_model": T5_HIDDEN,
+        "d_kv": 8,
+        "d_ff": 37,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "decoder_start_token_id": tokenizer.pad_token_id,
+    }
+
+
 def build_wan() -> WanPipeline:
     """The tiny Wan2.1 text-to-video pipeline: UMT5 encoder, 3D transformer, Wan VAE (/8 in space, /4 in time)."""
     tokenizer = build_t5_tokenizer()
-    text_config = UMT5Config(
-        vocab_size=len(tokenizer),
-        d_model=T5_HIDDEN,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )
+    text_config = UMT5Config(**_t5_dimensions(tokenizer))
     return WanPipeline(
         tokenizer=tokenizer,
         text_encoder=_seeded(7, lambda: UMT5EncoderModel(text_config)),
@@ -256,14 +267,88 @@ def build_wan() -> WanPipeline:
     )
 
 
+FLUX_LATENT_CHANNELS = 16  # as the real FLUX VAE; the transformer reads 2x2 patches of them
+
+
+def _flux_vae() -> AutoencoderKL:
+    # FLUX's VAE: 16 latent channels, a shift factor, and no quant convs; /8 like the real one.
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * VAE_BLOCKS,
+        up_block_types=("UpDecoderBlock2D",) * VAE_BLOCKS,
+        latent_channels=FLUX_LATENT_CHANNELS,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=1024,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        force_upcast=False,
+    )
+
+
+def flux_transformer(guidance: bool, heads: int = 2, head_dim: int = 16) -> FluxTransformer2DModel:
+    """A FLUX transformer with one double and one single block; `guidance` makes it dev-like.
+
+    The default is tiny; heads=24, head_dim=128 gives the real width (3072), which diffusers' converter
+    of original-layout single files assumes.
+    """
+    rope = head_dim // 4 // 2 * 2  # three even axes summing to head_dim, as FLUX's (16, 56, 56)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=FLUX_LATENT_CHANNELS * 4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=T5_HIDDEN,
+        pooled_projection_dim=CLIP_HIDDEN,
+        guidance_embeds=guidance,
+        axes_dims_rope=(rope, (head_dim - rope) // 2, (head_dim - rope) // 2),
+    )
+
+
+def build_flux(schnell: bool = False) -> FluxPipeline:
+    """The tiny FLUX.1 pipeline (CLIP and T5 encoders, transformer, VAE): dev-like, or schnell-like with
+    no guidance embeddings and schnell's fixed-shift scheduler."""
+    tokenizer = build_tokenizer()
+    t5_tokenizer = build_t5_tokenizer()
+    t5_config = T5Config(**_t5_dimensions(t5_tokenizer))
+    # The schedulers of the FLUX.1 repositories: dev shifts by image size, schnell does not.
+    shifting = {"shift": 1.0} if schnell else {"shift": 3.0, "use_dynamic_shifting": True}
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+            base_shift=0.5,
+            max_shift=1.15,
+            **shifting,
+        ),
+        vae=_seeded(10, _flux_vae),
+        text_encoder=_seeded(11, lambda: CLIPTextModel(_text_config(tokenizer, CLIP_HIDDEN, 2))),
+        tokenizer=tokenizer,
+        text_encoder_2=_seeded(12, lambda: T5EncoderModel(t5_config)),
+        tokenizer_2=t5_tokenizer,
+        transformer=_seeded(13, lambda: flux_transformer(guidance=not schnell)),
+    )
+
+
 SDXLPipelines = StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline | StableDiffusionXLInpaintPipeline
-BUILDERS: dict[str, Callable[[], SDXLPipelines | WanPipeline]] = {
+BUILDERS: dict[str, Callable[[], SDXLPipelines | FluxPipeline | WanPipeline]] = {
     "sdxl": build_sdxl_base,
     "sdxl-refiner": build_sdxl_refiner,
     "sdxl-inpaint": build_sdxl_inpaint,
+    "flux": build_flux,
+    "flux-schnell": lambda: build_flux(schnell=True),
     "wan": build_wan,
 }
-SINGLE_FILE_FAMILIES = ("sdxl", "sdxl-refiner", "sdxl-inpaint")
+SDXL_FAMILIES = ("sdxl", "sdxl-refiner", "sdxl-inpaint")
+FLUX_FAMILIES = ("flux", "flux-schnell")
+SINGLE_FILE_FAMILIES = SDXL_FAMILIES + FLUX_FAMILIES
 FAMILIES = tuple(BUILDERS)
 
 
@@ -280,6 +365,24 @@ def single_file_state(pipeline: SDXLPipelines) -> dict:
     return {key: tensor.contiguous() for key, tensor in state.items()}
 
 
+def _write_flux_single_file(pipeline: FluxPipeline, out: Path) -> Path:
+    """OUT/model.safetensors: the transformer alone (as flux1-dev.safetensors is); OUT/components/: the
+    other components with weights and the transformer's config only (what --model_id gives beside it).
+
+    The checkpoint keeps diffusers' key names: diffusers' converter of the original layout assumes the
+    real 3072-wide transformer (`ldm_export.flux_transformer_to_original` writes that layout for it).
+    """
+    components = out / "components"
+    shutil.rmtree(components, ignore_errors=True)
+    pipeline.save_pretrained(components, safe_serialization=True)
+    for weights in (components / "transformer").glob("*.safetensors*"):
+        weights.unlink()
+    checkpoint = out / "model.safetensors"
+    state = {key: tensor.contiguous() for key, tensor in pipeline.transformer.state_dict().items()}
+    save_file(state, str(checkpoint), metadata={"format": "pt"})
+    return checkpoint
+
+
 def write(family: str, out: Path, single_file: bool = False) -> Path:
     """Write the tiny `family` pipeline to `out`; return the path to serve (folder or file)."""
     if family not in BUILDERS:
@@ -291,6 +394,8 @@ def write(family: str, out: Path, single_file: bool = False) -> Path:
     if not single_file:
         pipeline.save_pretrained(out, safe_serialization=True)
         return out
+    if family in FLUX_FAMILIES:
+        return _write_flux_single_file(pipeline, out)
     # The config folder is the diffusers layout without weights: what --single_file_config expects.
     config_dir = out / "config"
     with tempfile.TemporaryDirectory() as scratch:
@@ -311,7 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--single-file",
         action="store_true",
-        help="write OUT/model.safetensors (original SDXL key layout) and OUT/config/ (configs, no weights)",
+        help="SDXL: write OUT/model.safetensors (original SDXL key layout) and OUT/config/ (configs, no weights); "
+        "FLUX: OUT/model.safetensors (the transformer) and OUT/components/ (the rest, for --model_id)",
     )
     args = parser.parse_args(argv)
     diffusers_logging.disable_progress_bar()

@@ -43,9 +43,8 @@ class Runner(Protocol):
 
 @dataclass(frozen=True)
 class Family:
-    """A registry entry: how to load a family, or why it cannot be served yet."""
+    """A registry entry: a family's name, its title for logs, and how to load it."""
 
     name: str
     title: str
-    load: Callable[[ServerConfig], Runner] | None = None
-    unavailable: str = ""
+    load: Callable[[ServerConfig], Runner]

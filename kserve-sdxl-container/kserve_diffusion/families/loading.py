@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, ModelMixin
 
 from ..errors import ConfigError
 
@@ -59,3 +59,28 @@ def load_single_file(
             f"could not fetch the configs for {path} from the hub ({type(exc).__name__}); "
             f"offline, set {config_flag} DIR to a local diffusers-format folder with the configs and tokenizers"
         ) from exc
+
+
+def load_single_file_component(
+    cls: type[ModelMixin], checkpoint: str, model_id: str, subfolder: str, flag: str, **kwargs: Any
+) -> ModelMixin:
+    """One model (e.g. a FLUX transformer) from a single checkpoint file, its config read from
+    `model_id`'s `subfolder`: offline when `model_id` is a local folder. Original and diffusers key
+    layouts both load (diffusers converts the original one)."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{flag}: no such file {path}")
+    local = _looks_like_path(model_id)
+    if local and not (Path(model_id).expanduser() / subfolder / "config.json").is_file():
+        raise ConfigError(f"--model_id: {model_id} has no {subfolder}/config.json for the {flag} checkpoint")
+    logger.info("loading %s from single file %s with its config from %s", cls.__name__, path, model_id)
+    try:
+        return cls.from_single_file(
+            str(path),
+            config=str(Path(model_id).expanduser()) if local else model_id,
+            subfolder=subfolder,
+            local_files_only=local,
+            **kwargs,
+        )
+    except OSError as exc:
+        raise ConfigError(f"{flag}: could not load {path} with the config of {model_id}: {exc}") from exc

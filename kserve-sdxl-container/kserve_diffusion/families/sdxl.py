@@ -20,13 +20,22 @@ from .. import devices
 from ..config import ServerConfig
 from ..errors import ConfigError, RequestError
 from ..inputs import NO_INPUTS, InputImages
-from ..schedulers import SDXL_DEFAULT_SCHEDULER, SDXL_SCHEDULERS, SchedulerFactory, build_scheduler
-from ..schemas import GenerationRequest, Limits, check_pixels, check_side, resolve_task
+from ..schedulers import SDXL_SCHEDULERS, SchedulerFactory, build_scheduler, scheduler_name
+from ..schemas import (
+    GenerationRequest,
+    Limits,
+    check_family_fields,
+    check_image_size,
+    fill,
+    resolve_task,
+    with_defaults,
+)
 from .base import with_scheduler
 from .loading import load_pretrained, load_single_file
 
 logger = logging.getLogger("kserve.diffusion")
 SIZE_MULTIPLE = 8
+DEFAULT_STEPS, DEFAULT_REFINER_STEPS = 25, 50  # seed 000's defaults
 
 
 class SDXLRunner:
@@ -58,16 +67,13 @@ class SDXLRunner:
         """SDXL rules: served task, sizes, scheduler names, refiner fields, steps x strength."""
         request = resolve_task(request, self.default_task, self.tasks)
         task = request.task_type
-        # Image tasks take a missing side from the input image; the loader checks what it derives.
-        given = {"width", "height"} if task == "text2img" else {"width", "height"} & request.model_fields_set
-        for side in sorted(given):
-            check_side(side, getattr(request, side), limits, SIZE_MULTIPLE)
-        if len(given) == 2:
-            check_pixels(request.width, request.height, limits)
-        if request.scheduler is None:
-            request = request.model_copy(update={"scheduler": SDXL_DEFAULT_SCHEDULER})
-        elif request.scheduler not in self.schedulers:
-            raise RequestError("scheduler", f"must be one of {', '.join(self.schedulers)}, got {request.scheduler!r}")
+        check_family_fields(request, "sdxl")
+        check_image_size(request, limits, SIZE_MULTIPLE)
+        request = with_defaults(
+            request, limits, num_inference_steps=DEFAULT_STEPS, refiner_inference_steps=DEFAULT_REFINER_STEPS
+        )
+        request = fill(request, scheduler=scheduler_name("sdxl", request.scheduler))
+        assert request.num_inference_steps is not None and request.refiner_inference_steps is not None
         self._check_refiner_fields(request)
         assert request.strength is not None  # resolve_task filled it in
         if self.uses_refiner(request) and request.high_noise_frac is None:
@@ -109,6 +115,7 @@ class SDXLRunner:
         generator = torch.Generator("cpu").manual_seed(seed)
         shared = {
             "prompt": request.prompt,
+            "prompt_2": request.prompt_2,
             "negative_prompt": request.negative_prompt,
             "guidance_scale": request.guidance_scale,
             "num_images_per_prompt": request.num_images,

@@ -13,12 +13,13 @@ from ..config import ServerConfig
 from ..errors import RequestError
 from ..inputs import NO_INPUTS, InputImages
 from ..media import Video
-from ..schedulers import WAN_DEFAULT_SCHEDULER, WAN_SCHEDULERS, SchedulerFactory, build_scheduler
-from ..schemas import GenerationRequest, Limits, check_side, resolve_task
+from ..schedulers import WAN_SCHEDULERS, SchedulerFactory, build_scheduler, scheduler_name
+from ..schemas import GenerationRequest, Limits, check_family_fields, check_side, fill, resolve_task, with_defaults
 from .base import with_scheduler
 from .loading import load_pretrained
 
 SIZE_MULTIPLE = 16  # VAE /8, then 2x2 patches
+DEFAULT_STEPS = 25
 FRAME_STEP = 4  # the VAE compresses time by 4: num_frames = 4k + 1
 # flow_shift from the model card: 3.0 suits 480p, 5.0 suits 720p.
 FLOW_SHIFT_480P, FLOW_SHIFT_720P, SHORT_SIDE_720P = 3.0, 5.0, 720
@@ -30,8 +31,6 @@ WAN_NEGATIVE_PROMPT = (
     "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
-# Fields of image tasks that a video request must not carry (they would be silently ignored).
-IMAGE_ONLY_FIELDS = ("use_refiner", "high_noise_frac")
 
 
 def frame_count_problem(num_frames: int) -> str | None:
@@ -71,16 +70,11 @@ class WanRunner:
                 f"num_frames x video_width x video_height must be at most {limits.max_video_pixels}, got "
                 f"{request.num_frames} x {request.video_width} x {request.video_height} = {volume}",
             )
-        for name in IMAGE_ONLY_FIELDS:
-            if getattr(request, name) is not None:
-                raise RequestError(name, f"does not apply to text2video, got {getattr(request, name)}")
+        check_family_fields(request, "wan")
         if request.num_images != 1:
             raise RequestError("num_images", f"text2video makes one video per request, got {request.num_images}")
-        if request.scheduler is None:
-            return request.model_copy(update={"scheduler": WAN_DEFAULT_SCHEDULER})
-        if request.scheduler not in self.schedulers:
-            raise RequestError("scheduler", f"must be one of {', '.join(self.schedulers)}, got {request.scheduler!r}")
-        return request
+        request = with_defaults(request, limits, num_inference_steps=DEFAULT_STEPS)
+        return fill(request, scheduler=scheduler_name("wan", request.scheduler))
 
     def shift_for(self, request: GenerationRequest) -> float:
         """The flow shift: --flow_shift, else 3.0 for 480p and 5.0 from 720p up."""
