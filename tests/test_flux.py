@@ -253,6 +253,7 @@ def test_img2img_and_inpaint(fluxc: httpx.Client) -> None:
     prediction, image, first = only_image(flux_predict(fluxc, edit))
     assert prediction["task_type"] == "img2img" and image.size == (96, 64)
     assert only_image(flux_predict(fluxc, {**edit, "strength": 0.9}))[2] != first
+    only_image(flux_predict(fluxc, {**edit, "strength": 0.01}))  # FLUX always runs at least one step
     wider = only_image(flux_predict(fluxc, {**edit, "width": 128}))[1]
     assert wider.width == 128 and wider.height % 16 == 0
     inpaint = {**edit, "mask": base64.b64encode(MASK).decode()}
@@ -269,7 +270,7 @@ def test_img2img_and_inpaint(fluxc: httpx.Client) -> None:
         ({"high_noise_frac": 0.8}, "high_noise_frac: applies to SDXL only, not FLUX, got 0.8"),
         ({"use_refiner": True}, "use_refiner: applies to SDXL only, not FLUX, got true"),
         ({"refiner_inference_steps": 10}, "refiner_inference_steps: applies to SDXL only, not FLUX, got 10"),
-        ({"negative_prompt": "blurry"}, "negative_prompt: FLUX uses it only with true CFG"),
+        ({"negative_prompt": "blurry"}, "each step then runs the transformer twice), got no true_cfg_scale"),
         ({"negative_prompt": "x", "true_cfg_scale": 1.0}, "also send true_cfg_scale > 1"),
         ({"true_cfg_scale": 4.0}, "true_cfg_scale: needs a negative_prompt"),
         ({"true_cfg_scale": 0.5}, "true_cfg_scale: must be >= 1 and <= 50, got 0.5"),

@@ -122,10 +122,11 @@ class FluxRunner:
         """diffusers runs true CFG only with both a negative prompt and true_cfg_scale > 1; one alone is ignored."""
         true_cfg = request.true_cfg_scale
         if request.negative_prompt is not None and (true_cfg is None or true_cfg <= 1):
+            got = "no true_cfg_scale" if true_cfg is None else f"true_cfg_scale {true_cfg}"
             raise RequestError(
                 "negative_prompt",
-                f"FLUX uses it only with true CFG: also send true_cfg_scale > 1 (e.g. 4.0; each step then runs "
-                f"the transformer twice), got true_cfg_scale {true_cfg}",
+                "FLUX uses it only with true CFG: also send true_cfg_scale > 1 (e.g. 4.0; each step then runs "
+                f"the transformer twice), got {got}",
             )
         if true_cfg is not None and true_cfg > 1 and request.negative_prompt is None:
             raise RequestError(
