@@ -3,12 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The client notebook's kernel has an environment of its own: recent IPython needs a psutil newer
+# than kserve 0.21 allows.
+NOTEBOOK_VENV := .venv-notebook
+NOTEBOOK_STAMP := $(NOTEBOOK_VENV)/.installed
 DEMO_MODEL := .cache/tiny/sdxl
 DEMO_VIDEO_MODEL := .cache/tiny/wan
 HTTP_PORT ?= 8080
 GRPC_PORT ?= 8081
 
-.PHONY: install demo test lint clean
+.PHONY: install notebook-env demo test lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +25,14 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(NOTEBOOK_STAMP): requirements-notebook.txt
+	$(PYTHON) -m venv $(NOTEBOOK_VENV)
+	$(NOTEBOOK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(NOTEBOOK_VENV)/bin/python -m pip install -q -r requirements-notebook.txt
+	touch $(NOTEBOOK_STAMP)
+
+notebook-env: $(NOTEBOOK_STAMP)
 
 $(DEMO_MODEL)/model_index.json: | $(STAMP)
 	$(PY) -m kserve_diffusion.tiny --family sdxl --out $(DEMO_MODEL)
@@ -37,12 +49,13 @@ demo: install $(DEMO_MODEL)/model_index.json $(DEMO_VIDEO_MODEL)/model_index.jso
 	$(PY) -m kserve_diffusion --model_name sdxl --model_id $(DEMO_MODEL) --video_model_id $(DEMO_VIDEO_MODEL) \
 		--device cpu --http_port $(HTTP_PORT) --grpc_port $(GRPC_PORT)
 
-test: install
-	$(PY) -m pytest -q
+# -rs: say which checks were skipped and why (no GPU, no ../shared for the manifest validation, ...)
+test: install notebook-env
+	$(PY) -m pytest -q -rs
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) $(NOTEBOOK_VENV) .cache .pytest_cache

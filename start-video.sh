@@ -10,16 +10,10 @@
 # command to run; default: kserve-diffusion on PATH, else this checkout's .venv).
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PATH="$PATH:$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/.venv/bin"
 MODEL_ID="${MODEL_ID:-Wan-AI/Wan2.1-T2V-1.3B-Diffusers}"
 DEVICE="${DEVICE:-enable_model_cpu_offload}"
 MODEL_NAME="${MODEL_NAME:-wan}"
-if [[ -z "${KSERVE_DIFFUSION:-}" ]]; then
-  if command -v kserve-diffusion >/dev/null 2>&1; then
-    KSERVE_DIFFUSION=kserve-diffusion
-  else
-    KSERVE_DIFFUSION="$here/.venv/bin/kserve-diffusion"
-  fi
-fi
 
-exec "$KSERVE_DIFFUSION" --model_type wan --model_name "$MODEL_NAME" --model_id "$MODEL_ID" --device "$DEVICE" "$@"
+exec "${KSERVE_DIFFUSION:-kserve-diffusion}" --model_type wan --model_name "$MODEL_NAME" --model_id "$MODEL_ID" \
+  --device "$DEVICE" "$@"

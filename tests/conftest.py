@@ -17,6 +17,9 @@ from kserve_diffusion import tiny
 from tests.image_host import ImageHost
 
 STARTUP_TIMEOUT = 180
+ROOT = Path(__file__).parents[1]
+# PATH with this interpreter's folder first, so the start scripts find this venv's kserve-diffusion.
+VENV_PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 # Limits of `image_server`, small enough for the tests to cross them cheaply.
 IMAGE_SERVER_MAX_BYTES = 300_000
 IMAGE_SERVER_MAX_PIXELS = 250_000
@@ -130,21 +133,19 @@ def base_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="session")
 def refiner_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server with base and refiner both loaded from single files with local configs (offline)."""
+    """start-refiner.sh as written: base and refiner from single files with local configs (offline), the paths
+    overridden by its environment variables and `--device cpu` passed through after its own --device."""
     base, refiner = tiny_models["sdxl_file"], tiny_models["refiner_file"]
-    args = [
-        "--single_file_model",
-        str(base),
-        "--single_file_config",
-        str(base.parent / "config"),
-        "--use_refiner",
-        "true",
-        "--refiner_single_file_model",
-        str(refiner),
-        "--refiner_single_file_config",
-        str(refiner.parent / "config"),
-    ]
-    server = start_server(args, tmp_path_factory.mktemp("logs") / "refiner.log", env={"HF_HUB_OFFLINE": "1"})
+    env = {
+        "SINGLE_FILE_MODEL": str(base),
+        "SINGLE_FILE_CONFIG": str(base.parent / "config"),
+        "REFINER_SINGLE_FILE_MODEL": str(refiner),
+        "REFINER_SINGLE_FILE_CONFIG": str(refiner.parent / "config"),
+        "HF_HUB_OFFLINE": "1",
+        "PATH": VENV_PATH,
+    }
+    log = tmp_path_factory.mktemp("logs") / "refiner.log"
+    server = ServerProcess(["--device", "cpu"], log, env=env, launcher=[str(ROOT / "start-refiner.sh")]).wait_ready()
     yield server
     server.stop()
 

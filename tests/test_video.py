@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +18,9 @@ from kserve_diffusion.families.wan import WanRunner, frame_count_problem
 from kserve_diffusion.schemas import Limits, parse_request
 from PIL import Image
 
-from tests.conftest import STARTUP_TIMEOUT, ServerProcess
+from tests.conftest import ROOT, STARTUP_TIMEOUT, VENV_PATH, ServerProcess
 from tests.helpers import decode_data_url, grpc_infer, only_image, predict
 
-ROOT = Path(__file__).parents[1]
 CLIP = {
     "task_type": "text2video",
     "prompt": "a fox running",
@@ -184,7 +181,7 @@ def script_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPat
         "MODEL_ID": str(tiny_models["wan"]),
         "DEVICE": "cpu",
         "MODEL_NAME": "sdxl",  # the name ServerProcess waits for
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # this venv's kserve-diffusion
+        "PATH": VENV_PATH,
     }
     log = tmp_path_factory.mktemp("logs") / "start-video.log"
     server = ServerProcess([], log, env=env, launcher=[str(ROOT / "start-video.sh")]).wait_ready(STARTUP_TIMEOUT)
