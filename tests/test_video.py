@@ -126,7 +126,7 @@ def test_one_endpoint_serves_images_and_videos(video: httpx.Client) -> None:
         ({"high_noise_frac": 0.5}, "high_noise_frac: applies to SDXL only, not Wan video, got 0.5"),
         (
             {"scheduler": "DDIM"},
-            "scheduler: must be one of UniPC (DDIM is a scheduler of SDXL; it does not apply to Wan)",
+            "scheduler: must be one of UniPC (DDIM is a scheduler of SDXL; it does not apply to Wan video)",
         ),
     ],
 )

@@ -24,6 +24,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .errors import RequestError
+from .schemas import FAMILY_TITLES
 
 SchedulerFactory = Callable[[Mapping[str, Any]], SchedulerMixin]
 
@@ -72,7 +73,6 @@ FAMILY_SCHEDULERS: dict[str, tuple[Mapping[str, SchedulerFactory], str]] = {
     "flux": (FLUX_SCHEDULERS, FLUX_DEFAULT_SCHEDULER),
     "wan": (WAN_SCHEDULERS, WAN_DEFAULT_SCHEDULER),
 }
-_TITLES = {"sdxl": "SDXL", "flux": "FLUX", "wan": "Wan"}
 
 
 def scheduler_name(family: str, name: str | None) -> str:
@@ -82,8 +82,8 @@ def scheduler_name(family: str, name: str | None) -> str:
         return default
     if name in registry:
         return name
-    owners = " and ".join(_TITLES[f] for f, (other, _) in FAMILY_SCHEDULERS.items() if name in other)
-    why = f" ({name} is a scheduler of {owners}; it does not apply to {_TITLES[family]})" if owners else ""
+    owners = " and ".join(FAMILY_TITLES[f] for f, (other, _) in FAMILY_SCHEDULERS.items() if name in other)
+    why = f" ({name} is a scheduler of {owners}; it does not apply to {FAMILY_TITLES[family]})" if owners else ""
     raise RequestError("scheduler", f"must be one of {', '.join(registry)}{why}, got {name!r}")
 
 

@@ -41,6 +41,7 @@ DEFAULT_STEPS, DEFAULT_REFINER_STEPS = 25, 50  # seed 000's defaults
 class SDXLRunner:
     """Loaded SDXL pipelines: text-to-image (plain, refine, ensemble of experts), image-to-image, inpainting."""
 
+    family = "sdxl"
     tasks = ("text2img", "img2img", "inpaint")
     default_task = "text2img"
     size_multiple = SIZE_MULTIPLE
@@ -67,12 +68,12 @@ class SDXLRunner:
         """SDXL rules: served task, sizes, scheduler names, refiner fields, steps x strength."""
         request = resolve_task(request, self.default_task, self.tasks)
         task = request.task_type
-        check_family_fields(request, "sdxl")
+        check_family_fields(request, self.family)
         check_image_size(request, limits, SIZE_MULTIPLE)
         request = with_defaults(
             request, limits, num_inference_steps=DEFAULT_STEPS, refiner_inference_steps=DEFAULT_REFINER_STEPS
         )
-        request = fill(request, scheduler=scheduler_name("sdxl", request.scheduler))
+        request = fill(request, scheduler=scheduler_name(self.family, request.scheduler))
         assert request.num_inference_steps is not None and request.refiner_inference_steps is not None
         self._check_refiner_fields(request)
         assert request.strength is not None  # resolve_task filled it in

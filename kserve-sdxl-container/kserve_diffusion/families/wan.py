@@ -46,6 +46,7 @@ def frame_count_problem(num_frames: int) -> str | None:
 class WanRunner:
     """A loaded Wan2.1 text-to-video pipeline."""
 
+    family = "wan"
     tasks = ("text2video",)
     default_task = "text2video"
     size_multiple = SIZE_MULTIPLE
@@ -70,11 +71,11 @@ class WanRunner:
                 f"num_frames x video_width x video_height must be at most {limits.max_video_pixels}, got "
                 f"{request.num_frames} x {request.video_width} x {request.video_height} = {volume}",
             )
-        check_family_fields(request, "wan")
+        check_family_fields(request, self.family)
         if request.num_images != 1:
             raise RequestError("num_images", f"text2video makes one video per request, got {request.num_images}")
         request = with_defaults(request, limits, num_inference_steps=DEFAULT_STEPS)
-        return fill(request, scheduler=scheduler_name("wan", request.scheduler))
+        return fill(request, scheduler=scheduler_name(self.family, request.scheduler))
 
     def shift_for(self, request: GenerationRequest) -> float:
         """The flow shift: --flow_shift, else 3.0 for 480p and 5.0 from 720p up."""
