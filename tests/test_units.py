@@ -10,6 +10,7 @@ import pytest
 from kserve.protocol.infer_type import InferInput, InferRequest
 from kserve_diffusion import media, protocols
 from kserve_diffusion.config import ServerConfig
+from kserve_diffusion.control import RequestControl
 from kserve_diffusion.errors import GenerationFailed, RequestError
 from kserve_diffusion.families import Family
 from kserve_diffusion.families.sdxl import SDXLRunner
@@ -138,7 +139,8 @@ def test_worker_is_one_fifo_thread_that_survives_errors() -> None:
         return i
 
     async def main() -> list:
-        return await asyncio.gather(*(worker.run(lambda i=i: job(i)) for i in range(4)), return_exceptions=True)
+        runs = (worker.run(lambda _, i=i: job(i), RequestControl(f"r{i}", 60)) for i in range(4))
+        return await asyncio.gather(*runs, return_exceptions=True)
 
     results = asyncio.run(main())
     worker.shutdown()
@@ -162,7 +164,7 @@ class FailingOnceRunner:
     def check(self, request: GenerationRequest, limits: Limits) -> GenerationRequest:
         return resolve_task(request, "text2img", self.tasks)
 
-    def generate(self, request: GenerationRequest, seed: int, inputs: object = None) -> list:
+    def generate(self, request: GenerationRequest, seed: int, inputs: object = None, control: object = None) -> list:
         from PIL import Image
 
         self.calls += 1

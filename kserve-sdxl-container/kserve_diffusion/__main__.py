@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from diffusers.utils import logging as diffusers_logging
 from fastapi import Request
@@ -16,7 +20,8 @@ from transformers.utils import logging as transformers_logging
 
 from .binary_inputs import Base64BinaryInputs
 from .config import parse_config
-from .errors import ConfigError, GenerationFailed, RequestError
+from .disconnect import DisconnectWatcher
+from .errors import ConfigError, GenerationFailed, RequestError, ServingError
 from .families import serving_family
 from .model import DiffusionModel
 from .schemas import FILE_FIELDS
@@ -31,6 +36,32 @@ async def _request_rejected(_: Request, exc: Exception) -> JSONResponse:
     # KServe's handler logs a traceback for every 400; one line says all there is to say.
     logger.warning("rejected request: %s", exc)
     return JSONResponse(status_code=400, content={"error": str(exc)})
+
+
+async def _not_served(_: Request, exc: Exception) -> JSONResponse:
+    # Queue full, shutting down, deadline, client gone, out of memory: the status and headers say what to do.
+    assert isinstance(exc, ServingError)
+    return JSONResponse(status_code=exc.http_status, content={"error": exc.message}, headers=exc.headers)
+
+
+def _drain_on_sigterm(model: DiffusionModel, grace_seconds: float) -> None:
+    """From inside the running server: make SIGTERM drain the model first, then hand over to uvicorn's handler
+    (which stops the HTTP server and, through KServe, the gRPC server; the process then exits 0)."""
+    loop = asyncio.get_running_loop()
+    stop_server = signal.getsignal(signal.SIGTERM)  # uvicorn's, installed when it started serving
+
+    async def drain_then_stop() -> None:
+        await model.drain(grace_seconds)
+        if callable(stop_server):
+            stop_server(signal.SIGTERM, None)
+
+    def on_sigterm() -> None:
+        logger.info("SIGTERM: draining before shutdown")
+        loop.remove_signal_handler(signal.SIGTERM)  # a second SIGTERM goes straight to uvicorn
+        signal.signal(signal.SIGTERM, stop_server)
+        asyncio.ensure_future(drain_then_stop())
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,7 +81,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     app.add_exception_handler(GenerationFailed, _generation_failed)
     app.add_exception_handler(RequestError, _request_rejected)
+    app.add_exception_handler(ServingError, _not_served)
     app.add_middleware(Base64BinaryInputs, tensors=FILE_FIELDS)
+    app.add_middleware(DisconnectWatcher)  # outermost: it buffers the body before the others read it
+    serve_lifespan = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app_: Any) -> AsyncIterator[Any]:
+        _drain_on_sigterm(model, config.shutdown_grace_seconds)  # uvicorn's own handler is in place by now
+        async with serve_lifespan(app_) as state:
+            yield state
+
+    app.router.lifespan_context = lifespan
     ModelServer(**config.model_server).start([model])
     return 0
 

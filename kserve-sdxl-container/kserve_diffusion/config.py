@@ -205,6 +205,27 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_side", "MAX_SIDE", _positive_int, 2048, "largest width or height in pixels"),
     Option("max_pixels", "MAX_PIXELS", _positive_int, 2048 * 2048, "largest width x height"),
     Option("max_instances", "MAX_INSTANCES", _positive_int, 4, "most v1 instances in one request"),
+    Option(
+        "max_queue_size",
+        "MAX_QUEUE_SIZE",
+        _positive_int,
+        8,
+        "most requests waiting behind the running generation; more are refused with 503 and Retry-After",
+    ),
+    Option(
+        "request_timeout",
+        "REQUEST_TIMEOUT",
+        _positive_float,
+        600.0,
+        "seconds a request may take in all (queue and generation) and the most its `timeout` may ask",
+    ),
+    Option(
+        "shutdown_grace_seconds",
+        "SHUTDOWN_GRACE_SECONDS",
+        _positive_float,
+        30.0,
+        "on SIGTERM, seconds the running and queued requests get to finish before they are stopped",
+    ),
 )
 
 
@@ -242,6 +263,9 @@ class ServerConfig:
     max_side: int = 2048
     max_pixels: int = 2048 * 2048
     max_instances: int = 4
+    max_queue_size: int = 8
+    request_timeout: float = 600.0
+    shutdown_grace_seconds: float = 30.0
     hf_token: str | None = field(default=None, repr=False)  # a secret: never printed
     configure_logging: bool = True
     log_config_file: str | None = None

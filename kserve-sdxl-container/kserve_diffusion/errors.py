@@ -1,5 +1,12 @@
-"""Exceptions the server maps to answers: bad input (400), startup problems, internal failures (500)."""
+"""Exceptions the server maps to answers: bad input (400), startup problems, load and time limits, failures.
 
+The serving errors are also grpc-interceptor exceptions, so KServe's gRPC interceptor answers each with
+its own status code (UNAVAILABLE, DEADLINE_EXCEEDED, ...); the REST handler uses `http_status`.
+"""
+
+from __future__ import annotations
+
+from grpc_interceptor import exceptions as grpc_errors
 from kserve.errors import InvalidInput
 
 
@@ -23,3 +30,57 @@ class RequestErrors(RequestError):
 
 class GenerationFailed(RuntimeError):
     """An internal failure while generating: HTTP 500 with a short message, details in the log."""
+
+
+class ServingError(grpc_errors.GrpcException):
+    """A request the server did not (fully) serve for a reason the client can act on."""
+
+    http_status = 500
+    outcome = "error"  # the `outcome` label of the requests metric
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None):
+        super().__init__(details=message)
+        self.message = message
+        self.headers = headers or {}
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ServerBusy(ServingError, grpc_errors.Unavailable):
+    """The queue is full: 503 with Retry-After / UNAVAILABLE."""
+
+    http_status = 503
+    outcome = "rejected"
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message, {"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class ShuttingDown(ServingError, grpc_errors.Unavailable):
+    """The server is draining for shutdown: 503 / UNAVAILABLE; another replica can take the request."""
+
+    http_status = 503
+    outcome = "rejected"
+
+
+class DeadlineExceeded(ServingError, grpc_errors.DeadlineExceeded):
+    """The request's time ran out, queued or generating: 504 / DEADLINE_EXCEEDED."""
+
+    http_status = 504
+    outcome = "timeout"
+
+
+class ClientGone(ServingError, grpc_errors.Cancelled):
+    """The client disconnected; nobody reads this answer (499, nginx's code for it)."""
+
+    http_status = 499
+    outcome = "cancelled"
+
+
+class OutOfMemory(ServingError, grpc_errors.ResourceExhausted):
+    """The accelerator (or host) ran out of memory for this request: 507 / RESOURCE_EXHAUSTED."""
+
+    http_status = 507
+    outcome = "oom"

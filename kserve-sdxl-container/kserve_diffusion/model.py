@@ -10,19 +10,35 @@ import uuid
 from functools import partial
 from typing import Any
 
+import torch
 from kserve import Model
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from . import protocols
+from . import metrics, protocols
 from .config import ServerConfig
-from .errors import GenerationFailed
+from .control import RequestControl
+from .disconnect import CLIENT_DISCONNECTED
+from .errors import GenerationFailed, OutOfMemory, RequestError, ServingError, ShuttingDown
 from .families import Family, Runner
 from .inputs import InputImages, InputLoader, InputPolicy
-from .schemas import GenerationRequest, Limits, parse_request
-from .worker import GenerationWorker
+from .schemas import TASK_TYPES, GenerationRequest, Limits, parse_request
+from .worker import AcceleratorOutOfMemory, GenerationWorker
 
 logger = logging.getLogger("kserve.diffusion")
 RANDOM_SEED_RANGE = 2**32
+
+
+def _memory_advice(request: GenerationRequest) -> str:
+    """What to make smaller after an out-of-memory error, for this kind of request."""
+    if request.task_type == "text2video":
+        return (
+            f"{request.num_frames} frames of {request.video_width}x{request.video_height}: "
+            "send fewer num_frames or a smaller video_width/video_height"
+        )
+    return (
+        f"{request.num_images} image(s) of {request.width}x{request.height}: "
+        "send a smaller width/height or fewer num_images"
+    )
 
 
 class DiffusionModel(Model):
@@ -35,7 +51,10 @@ class DiffusionModel(Model):
         self.limits = Limits.from_config(config)
         self.runner: Runner | None = None
         self.inputs: InputLoader | None = None
-        self.worker = GenerationWorker()
+        self.worker = GenerationWorker(config.max_queue_size)
+        self.draining = False
+        self._active: set[RequestControl] = set()
+        metrics.QUEUE_LENGTH.set_function(lambda: self.worker.waiting)
 
     def load(self) -> bool:
         """Load the pipelines exactly once; ready only afterwards."""
@@ -59,6 +78,23 @@ class DiffusionModel(Model):
         self.ready = False
         self.worker.shutdown()
 
+    async def drain(self, grace_seconds: float) -> None:
+        """Shutdown, first part: not ready at once, new requests refused; the admitted ones get up to
+        `grace_seconds` to finish, then are stopped (queued: dropped; running: at the next step)."""
+        self.draining = True
+        self.ready = False
+        logger.info("draining: %d request(s) in flight get up to %gs to finish", len(self._active), grace_seconds)
+        deadline = time.monotonic() + grace_seconds
+        while self._active and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if self._active:
+            logger.warning("grace period over: stopping %d request(s)", len(self._active))
+            for control in list(self._active):
+                control.cancel(ShuttingDown, "the server is shutting down")
+            while self._active:
+                await asyncio.sleep(0.1)
+        logger.info("drained")
+
     def get_input_types(self) -> list[dict[str, Any]]:
         """v2 metadata: the input tensors."""
         return protocols.v2_input_types()
@@ -80,34 +116,67 @@ class DiffusionModel(Model):
     ) -> dict | InferResponse:
         """v1 body or v2 InferRequest in; every instance is validated (inputs fetched) before any is generated."""
         request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex[:16]
-        if isinstance(payload, InferRequest):
-            request, inputs = await self._with_inputs(self._check(protocols.v2_instance(payload)))
-            result = await self._generate(request, inputs, request_id)
-            return protocols.v2_response(payload, result, self.name)
-        checked = [self._check(i) for i in protocols.v1_instances(payload, self.config.max_instances)]
-        jobs = [await self._with_inputs(request) for request in checked]
-        return protocols.v1_response([await self._generate(r, inputs, request_id) for r, inputs in jobs])
+        if self.draining:
+            metrics.count("unknown", ShuttingDown.outcome)
+            raise ShuttingDown("the server is shutting down; another replica (or a retry) will take the request")
+        metrics.IN_FLIGHT.inc()
+        try:
+            if isinstance(payload, InferRequest):
+                request, inputs = await self._with_inputs(self._checked(protocols.v2_instance(payload)))
+                result = await self._generate(request, inputs, request_id)
+                return protocols.v2_response(payload, result, self.name)
+            instances = protocols.v1_instances(payload, self.config.max_instances)
+            jobs = [await self._with_inputs(self._checked(instance)) for instance in instances]
+            return protocols.v1_response([await self._generate(r, inputs, request_id) for r, inputs in jobs])
+        finally:
+            metrics.IN_FLIGHT.dec()
+
+    def _checked(self, instance: Any) -> GenerationRequest:
+        try:
+            return self._check(instance)
+        except RequestError:
+            task = instance.get("task_type") if isinstance(instance, dict) else None
+            metrics.count(task if task in TASK_TYPES else "unknown", "invalid")
+            raise
 
     async def _generate(
         self, request: GenerationRequest, inputs: InputImages, request_id: str
     ) -> protocols.GenerationResult:
         assert self.runner is not None and request.task_type is not None
+        task = request.task_type
         seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
+        control = RequestControl(request_id, request.timeout or self.config.request_timeout)
+        self._active.add(control)
         try:
-            timed = await self.worker.run(partial(self.runner.generate, request, seed, inputs))
+            timed = await self.worker.run(partial(self._run, request, seed, inputs), control, CLIENT_DISCONNECTED.get())
+        except ServingError as exc:
+            metrics.count(task, exc.outcome)
+            logger.warning("request=%s task=%s %s: %s", request_id, task, exc.outcome, exc)
+            raise
+        except AcceleratorOutOfMemory as exc:
+            metrics.count(task, OutOfMemory.outcome)
+            logger.error("request=%s task=%s out of memory: %s", request_id, task, exc)
+            raise OutOfMemory(
+                f"out of memory generating {_memory_advice(request)} (the server has freed the memory and "
+                "keeps serving)"
+            ) from None
         except Exception as exc:
+            metrics.count(task, "error")
             logger.exception("request %s failed during generation", request_id)
             raise GenerationFailed(
                 f"generation failed ({type(exc).__name__}); the server log has details under request id {request_id}"
             ) from None
+        finally:
+            self._active.discard(control)
         # Encoding is CPU work: it runs beside the event loop and off the accelerator thread.
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(None, protocols.encode_result, request, seed, timed.value)
+        self._record(request, control, timed.queue_wait, timed.run_time, result)
         width, height = (result.video.width, result.video.height) if result.video else (request.width, request.height)
         logger.info(
             "request=%s task=%s size=%dx%d steps=%d %s scheduler=%s seed=%d queue_wait=%.3fs generation=%.3fs",
             request_id,
-            request.task_type,
+            task,
             width,
             height,
             request.num_inference_steps,
@@ -118,3 +187,32 @@ class DiffusionModel(Model):
             timed.run_time,
         )
         return result
+
+    def _run(self, request: GenerationRequest, seed: int, inputs: InputImages, control: RequestControl) -> Any:
+        """The accelerator-thread job: generate, measuring the peak accelerator memory."""
+        assert self.runner is not None
+        on_cuda = self.config.device != "cpu" and torch.cuda.is_available()
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        output = self.runner.generate(request, seed, inputs, control)
+        metrics.PEAK_MEMORY.set(torch.cuda.max_memory_allocated() if on_cuda else 0)
+        return output
+
+    @staticmethod
+    def _record(
+        request: GenerationRequest,
+        control: RequestControl,
+        queue_wait: float,
+        run_time: float,
+        result: protocols.GenerationResult,
+    ) -> None:
+        task = request.task_type or "unknown"
+        metrics.count(task, "ok")
+        metrics.QUEUE_WAIT.labels(task=task).observe(queue_wait)
+        metrics.GENERATION_TIME.labels(task=task).observe(run_time)
+        metrics.STEPS.labels(task=task).inc(control.steps)
+        metrics.STEPS_PER_SECOND.set(control.steps / run_time if run_time > 0 else 0)
+        if result.video is not None:
+            metrics.VIDEO_FRAMES.inc(result.video.num_frames)
+        else:
+            metrics.IMAGES.inc(len(result.files))

@@ -66,6 +66,7 @@ class Limits:
     max_pixels: int = 2048 * 2048
     max_frames: int = 81
     max_video_pixels: int = 81 * 1280 * 720
+    request_timeout: float = 600.0
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> Limits:
@@ -77,6 +78,7 @@ class Limits:
             config.max_pixels,
             config.max_frames,
             config.max_video_pixels,
+            config.request_timeout,
         )
 
 
@@ -155,6 +157,9 @@ class GenerationRequest(BaseModel):
     output_format: Literal["png", "mp4", "gif", "webp"] | None = Field(
         None, description="file format of the answer: png for images; mp4 (default), gif or webp for video"
     )
+    timeout: float | None = Field(
+        None, gt=0, description="seconds this request may take in all, queue included (default --request_timeout)"
+    )
     use_refiner: bool | None = Field(
         None, description="false skips the server's refiner for this request (text2img, img2img)"
     )
@@ -175,6 +180,14 @@ class GenerationRequest(BaseModel):
         limit = getattr(_limits(info), _SERVER_LIMITED[info.field_name])
         if value is not None and value > limit:
             raise ValueError(f"must be between 1 and {limit}")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_within_limit(cls, value: float | None, info: ValidationInfo) -> float | None:
+        limit = _limits(info).request_timeout
+        if value is not None and value > limit:
+            raise ValueError(f"must be at most {limit:g} seconds (the server's --request_timeout)")
         return value
 
     @field_validator("height", "width", "video_height", "video_width")

@@ -11,10 +11,16 @@ from diffusers import DiffusionPipeline
 from PIL.Image import Image
 
 from ..config import ServerConfig
+from ..control import RequestControl
 from ..inputs import NO_INPUTS, InputImages
 from ..media import Video
 from ..schedulers import SchedulerFactory
 from ..schemas import GenerationRequest, Limits
+
+
+def step_hooks(control: RequestControl | None) -> dict[str, Any]:
+    """Pipeline keyword arguments that let `control` count, log and stop the denoising loop at each step."""
+    return {"callback_on_step_end": control.on_step} if control is not None else {}
 
 
 def with_scheduler(pipeline: DiffusionPipeline, scheduler: Any) -> DiffusionPipeline:
@@ -36,8 +42,15 @@ class Runner(Protocol):
         """Apply family rules; return the request with its task resolved, or raise RequestError."""
         ...
 
-    def generate(self, request: GenerationRequest, seed: int, inputs: InputImages = NO_INPUTS) -> list[Image] | Video:
-        """Run the pipeline(s) on the calling (accelerator) thread: images, or one video."""
+    def generate(
+        self,
+        request: GenerationRequest,
+        seed: int,
+        inputs: InputImages = NO_INPUTS,
+        control: RequestControl | None = None,
+    ) -> list[Image] | Video:
+        """Run the pipeline(s) on the calling (accelerator) thread: images, or one video; `control` is
+        called at every denoising step (and may stop the generation there by raising)."""
         ...
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from PIL.Image import Image
 
+from ..control import RequestControl
 from ..inputs import NO_INPUTS, InputImages
 from ..media import Video
 from ..schedulers import SchedulerFactory
@@ -28,6 +29,12 @@ class CombinedRunner:
         request = resolve_task(request, self.default_task, self.tasks)
         return self.by_task[request.task_type or ""].check(request, limits)
 
-    def generate(self, request: GenerationRequest, seed: int, inputs: InputImages = NO_INPUTS) -> list[Image] | Video:
+    def generate(
+        self,
+        request: GenerationRequest,
+        seed: int,
+        inputs: InputImages = NO_INPUTS,
+        control: RequestControl | None = None,
+    ) -> list[Image] | Video:
         """Generate with the runner that serves the request's task."""
-        return self.by_task[request.task_type or ""].generate(request, seed, inputs)
+        return self.by_task[request.task_type or ""].generate(request, seed, inputs, control)

@@ -20,6 +20,7 @@ from PIL.Image import Image
 
 from .. import devices
 from ..config import ServerConfig
+from ..control import RequestControl
 from ..errors import ConfigError, RequestError
 from ..inputs import NO_INPUTS, InputImages
 from ..schedulers import FLUX_SCHEDULERS, SchedulerFactory, build_scheduler, scheduler_name
@@ -32,7 +33,7 @@ from ..schemas import (
     resolve_task,
     with_defaults,
 )
-from .base import with_scheduler
+from .base import step_hooks, with_scheduler
 from .loading import load_pretrained, load_single_file_component
 
 logger = logging.getLogger("kserve.diffusion")
@@ -133,7 +134,13 @@ class FluxRunner:
                 "true_cfg_scale", f"needs a negative_prompt to guide away from (it may be empty), got {true_cfg}"
             )
 
-    def generate(self, request: GenerationRequest, seed: int, inputs: InputImages = NO_INPUTS) -> list[Image]:
+    def generate(
+        self,
+        request: GenerationRequest,
+        seed: int,
+        inputs: InputImages = NO_INPUTS,
+        control: RequestControl | None = None,
+    ) -> list[Image]:
         """Run the request's task on the calling (accelerator) thread."""
         pipeline = self.pipelines[request.task_type or self.default_task]
         scheduled = with_scheduler(
@@ -151,6 +158,7 @@ class FluxRunner:
             "max_sequence_length": request.max_sequence_length,
             "num_images_per_prompt": request.num_images,
             "generator": torch.Generator("cpu").manual_seed(seed),
+            **step_hooks(control),
         }
         if request.task_type != "text2img":
             kwargs.update(image=inputs.image, strength=request.strength)

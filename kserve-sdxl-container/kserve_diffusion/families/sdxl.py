@@ -18,6 +18,7 @@ from PIL.Image import Image
 
 from .. import devices
 from ..config import ServerConfig
+from ..control import RequestControl
 from ..errors import ConfigError, RequestError
 from ..inputs import NO_INPUTS, InputImages
 from ..schedulers import SDXL_SCHEDULERS, SchedulerFactory, build_scheduler, scheduler_name
@@ -30,7 +31,7 @@ from ..schemas import (
     resolve_task,
     with_defaults,
 )
-from .base import with_scheduler
+from .base import step_hooks, with_scheduler
 from .loading import load_pretrained, load_single_file
 
 logger = logging.getLogger("kserve.diffusion")
@@ -111,7 +112,13 @@ class SDXLRunner:
     def _scheduled(self, pipeline: DiffusionPipeline, name: str) -> DiffusionPipeline:
         return with_scheduler(pipeline, build_scheduler(self.schedulers, name, pipeline.scheduler.config))
 
-    def generate(self, request: GenerationRequest, seed: int, inputs: InputImages = NO_INPUTS) -> list[Image]:
+    def generate(
+        self,
+        request: GenerationRequest,
+        seed: int,
+        inputs: InputImages = NO_INPUTS,
+        control: RequestControl | None = None,
+    ) -> list[Image]:
         """Run the request's task on the calling (accelerator) thread."""
         generator = torch.Generator("cpu").manual_seed(seed)
         shared = {
@@ -121,6 +128,7 @@ class SDXLRunner:
             "guidance_scale": request.guidance_scale,
             "num_images_per_prompt": request.num_images,
             "generator": generator,
+            **step_hooks(control),
         }
         run = {"text2img": self._text_to_image, "img2img": self._image_to_image, "inpaint": self._inpaint}
         return run[request.task_type](request, shared, inputs)

@@ -10,12 +10,13 @@ from diffusers import UniPCMultistepScheduler, WanPipeline
 
 from .. import devices
 from ..config import ServerConfig
+from ..control import RequestControl
 from ..errors import RequestError
 from ..inputs import NO_INPUTS, InputImages
 from ..media import Video
 from ..schedulers import WAN_SCHEDULERS, SchedulerFactory, build_scheduler, scheduler_name
 from ..schemas import GenerationRequest, Limits, check_family_fields, check_side, fill, resolve_task, with_defaults
-from .base import with_scheduler
+from .base import step_hooks, with_scheduler
 from .loading import load_pretrained
 
 SIZE_MULTIPLE = 16  # VAE /8, then 2x2 patches
@@ -83,7 +84,13 @@ class WanRunner:
             return self.flow_shift
         return FLOW_SHIFT_720P if min(request.video_height, request.video_width) >= SHORT_SIDE_720P else FLOW_SHIFT_480P
 
-    def generate(self, request: GenerationRequest, seed: int, inputs: InputImages = NO_INPUTS) -> Video:
+    def generate(
+        self,
+        request: GenerationRequest,
+        seed: int,
+        inputs: InputImages = NO_INPUTS,
+        control: RequestControl | None = None,
+    ) -> Video:
         """One video on the calling (accelerator) thread; frames as uint8."""
         config = {**self.pipeline.scheduler.config, "flow_shift": self.shift_for(request)}
         pipeline = with_scheduler(self.pipeline, build_scheduler(self.schedulers, request.scheduler, config))
@@ -97,6 +104,7 @@ class WanRunner:
             num_inference_steps=request.num_inference_steps,
             generator=torch.Generator("cpu").manual_seed(seed),
             output_type="np",
+            **step_hooks(control),
         ).frames[0]
         return Video(np.clip(np.rint(frames * 255), 0, 255).astype(np.uint8), request.fps)
 

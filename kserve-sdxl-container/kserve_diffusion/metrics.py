@@ -1,0 +1,36 @@
+"""Prometheus metrics, served on /metrics beside KServe's own (the default registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PREFIX = "kserve_diffusion_"
+OUTCOMES = ("ok", "invalid", "rejected", "timeout", "cancelled", "oom", "error")
+# Seconds: from a fraction of a second (small images) to many minutes (video).
+TIME_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+QUEUE_LENGTH = Gauge(PREFIX + "queue_length", "Requests waiting for the accelerator")
+IN_FLIGHT = Gauge(PREFIX + "in_flight_requests", "Requests being handled (queued, generating or encoding)")
+REQUESTS = Counter(PREFIX + "requests", "Generations by task and outcome", ["task", "outcome"])
+QUEUE_WAIT = Histogram(PREFIX + "queue_wait_seconds", "Time waited for the accelerator", ["task"], buckets=TIME_BUCKETS)
+GENERATION_TIME = Histogram(
+    PREFIX + "generation_seconds", "Time on the accelerator per generation", ["task"], buckets=TIME_BUCKETS
+)
+STEPS = Counter(PREFIX + "denoising_steps", "Denoising steps run", ["task"])
+STEPS_PER_SECOND = Gauge(PREFIX + "denoising_steps_per_second", "Denoising steps per second of the last generation")
+IMAGES = Counter(PREFIX + "images", "Images produced")
+VIDEO_FRAMES = Counter(PREFIX + "video_frames", "Video frames produced")
+PEAK_MEMORY = Gauge(
+    PREFIX + "peak_accelerator_memory_bytes", "Peak accelerator memory allocated during the last generation (0 on CPU)"
+)
+
+
+def count(task: str, outcome: str) -> None:
+    """One finished (or refused) generation."""
+    REQUESTS.labels(task=task, outcome=outcome).inc()
+
+
+# Every task x outcome series exists from the start, at 0, so rates and alerts work before the first event.
+for _task in ("text2img", "img2img", "inpaint", "text2video", "unknown"):
+    for _outcome in OUTCOMES:
+        REQUESTS.labels(task=_task, outcome=_outcome)
