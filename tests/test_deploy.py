@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from kserve_diffusion.config import build_parser, parse_config
+from kserve_diffusion.config import ServerConfig, build_parser, parse_config
 
 from tests.conftest import ROOT, VENV_PATH, ServerProcess
 from tests.helpers import only_image, predict, small
@@ -224,6 +224,8 @@ def test_inference_services_cover_every_deployment() -> None:
         for bound in ("requests", "limits"):
             assert model["resources"][bound]["nvidia.com/gpu"] == "1", path
         assert predictor["minReplicas"] >= 1 and predictor["maxReplicas"] >= predictor["minReplicas"], path
+        # Kubernetes kills the pod after this; the server drains for --shutdown_grace_seconds first
+        assert predictor["terminationGracePeriodSeconds"] > ServerConfig().shutdown_grace_seconds, path
         if "video" in path.name or path.stem == "wan":
             assert predictor["timeout"] >= 600, path
         mode = service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
