@@ -103,10 +103,6 @@ class DiffusionModel(Model):
         """v2 metadata: the output tensors."""
         return protocols.v2_output_types(self.runner.tasks if self.runner else ())
 
-    def _check(self, instance: Any) -> GenerationRequest:
-        assert self.runner is not None
-        return self.runner.check(parse_request(instance, self.limits), self.limits)
-
     async def _with_inputs(self, request: GenerationRequest) -> tuple[GenerationRequest, InputImages]:
         assert self.inputs is not None
         return await self.inputs.load(request)
@@ -132,8 +128,10 @@ class DiffusionModel(Model):
             metrics.IN_FLIGHT.dec()
 
     def _checked(self, instance: Any) -> GenerationRequest:
+        """The validated request (family rules applied); a RequestError is counted as invalid."""
+        assert self.runner is not None
         try:
-            return self._check(instance)
+            return self.runner.check(parse_request(instance, self.limits), self.limits)
         except RequestError:
             task = instance.get("task_type") if isinstance(instance, dict) else None
             metrics.count(task if task in TASK_TYPES else "unknown", "invalid")

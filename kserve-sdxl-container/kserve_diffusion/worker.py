@@ -66,7 +66,7 @@ class GenerationWorker:
         mean = sum(self._recent) / len(self._recent)
         return max(1, math.ceil((self.waiting + self.running) * mean))
 
-    def _admit(self, control: RequestControl) -> int:
+    def _admit(self, control: RequestControl) -> None:
         with self._lock:
             if self.waiting >= self.max_queue:
                 raise ServerBusy(
@@ -78,7 +78,6 @@ class GenerationWorker:
             self.waiting += 1
         if position:
             logger.info("request=%s waits at queue position %d", control.request_id, position)
-        return position
 
     def _start(self) -> None:
         with self._lock:
