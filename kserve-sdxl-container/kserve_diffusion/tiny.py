@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -93,19 +94,21 @@ def _text_config(tokenizer: CLIPTokenizer, hidden: int, layers: int) -> CLIPText
     )
 
 
-def _vae() -> AutoencoderKL:
+def _vae(latent_channels: int = 4, scaling_factor: float = 0.13025, **variant: Any) -> AutoencoderKL:
+    """The tiny VAE: four blocks, so it downsamples by 8 like the real ones; SDXL's latents by default."""
     return AutoencoderKL(
         block_out_channels=(8, 16, 16, 16),
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * VAE_BLOCKS,
         up_block_types=("UpDecoderBlock2D",) * VAE_BLOCKS,
-        latent_channels=4,
+        latent_channels=latent_channels,
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=1024,
-        scaling_factor=0.13025,
+        scaling_factor=scaling_factor,
         force_upcast=False,
+        **variant,
     )
 
 
@@ -271,22 +274,13 @@ FLUX_LATENT_CHANNELS = 16  # as the real FLUX VAE; the transformer reads 2x2 pat
 
 
 def _flux_vae() -> AutoencoderKL:
-    # FLUX's VAE: 16 latent channels, a shift factor, and no quant convs; /8 like the real one.
-    return AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * VAE_BLOCKS,
-        up_block_types=("UpDecoderBlock2D",) * VAE_BLOCKS,
+    # FLUX's VAE: 16 latent channels, a shift factor, and no quant convs.
+    return _vae(
         latent_channels=FLUX_LATENT_CHANNELS,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=1024,
         scaling_factor=0.3611,
         shift_factor=0.1159,
         use_quant_conv=False,
         use_post_quant_conv=False,
-        force_upcast=False,
     )
 
 
