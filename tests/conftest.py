@@ -160,7 +160,8 @@ def image_host() -> Iterator[ImageHost]:
 
 @pytest.fixture(scope="session")
 def image_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The tiny base with a dedicated inpainting single file, private image URLs allowed, small input limits."""
+    """The tiny base with a dedicated inpainting single file, private image URLs allowed, small input limits,
+    and KServe's /docs page on."""
     inpaint = tiny_models["inpaint_file"]
     args = [
         "--model_id",
@@ -177,6 +178,8 @@ def image_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
         str(IMAGE_SERVER_MAX_PIXELS),
         "--image_fetch_timeout",
         str(IMAGE_SERVER_FETCH_TIMEOUT),
+        "--enable_docs_url",
+        "true",
     ]
     server = start_server(args, tmp_path_factory.mktemp("logs") / "image.log", env={"HF_HUB_OFFLINE": "1"})
     yield server

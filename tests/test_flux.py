@@ -315,7 +315,7 @@ def test_v2_grpc_with_flux_fields(flux_server: ServerProcess, fluxc: httpx.Clien
     request = InferRequest(model_name="flux", infer_inputs=inputs, parameters=parameters)
     response = grpc_infer(flux_server.grpc_target, request)
     images = {output.name: output for output in response.outputs}["images"].as_numpy()
-    png_bytes = base64.b64decode(images[0])
+    png_bytes = images[0]  # raw input contents in, raw files out
     assert open_image(png_bytes).size == (64, 64)
     same = image_bytes(fluxc, negative_prompt="blurry", true_cfg_scale=2.0, max_sequence_length=128)
     assert png_bytes == same

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import openai
 import psutil
 import pytest
 from kserve.protocol.infer_type import InferInput, InferRequest
@@ -121,7 +122,7 @@ def test_request_control_stops_at_a_step() -> None:
 # --- the bounded queue ---
 
 
-def test_full_queue_is_503_with_retry_after_and_grpc_unavailable(serving_server: ServerProcess) -> None:
+def test_full_queue_is_503_with_retry_after_grpc_unavailable_and_openai_429(serving_server: ServerProcess) -> None:
     url = serving_server.url
     waiting = [in_background(post, url, {**LONG, "timeout": 8}) for _ in range(QUEUE + 1)]  # 1 runs, 4 wait
     deadline = time.monotonic() + 30
@@ -137,6 +138,12 @@ def test_full_queue_is_503_with_retry_after_and_grpc_unavailable(serving_server:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         grpc_infer(serving_server.grpc_target, request)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "queue is full" in refused.value.details()
+    with (
+        openai.OpenAI(base_url=f"{url}/openai/v1", api_key="-", max_retries=0) as sdk,
+        pytest.raises(openai.RateLimitError) as limited,  # OpenAI clients back off on 429
+    ):
+        sdk.images.generate(prompt="a red fox", size="64x64", extra_body={"num_inference_steps": 2})
+    assert limited.value.code == "queue_full" and int(limited.value.response.headers["Retry-After"]) >= 1
     codes = sorted(future.result().status_code for future in waiting)
     assert set(codes) <= {200, 504}  # each ends by itself: done, or its 8 s deadline passed
     log = serving_server.log()

@@ -138,7 +138,9 @@ def test_bad_video_requests_are_400s(video: httpx.Client, fields: dict, message:
 
 def test_image_output_format_is_checked(video: httpx.Client) -> None:
     answer = predict(video, {"prompt": "a fox", "output_format": "mp4"})
-    assert answer.status_code == 400 and "output_format: text2img answers with png, got 'mp4'" in answer.text
+    assert (
+        answer.status_code == 400 and "output_format: text2img answers with png, jpeg, webp, got 'mp4'" in answer.text
+    )
 
 
 def test_v2_rest_answers_a_video_tensor(video: httpx.Client) -> None:
@@ -212,7 +214,7 @@ def test_frame_counts_and_flow_shift() -> None:
 
 def test_mp4_encoding_is_browser_friendly() -> None:
     frames = np.random.default_rng(0).integers(0, 255, (5, 32, 48, 3), dtype=np.uint8)
-    data = media.encode_video(media.Video(frames, fps=8), "mp4")
+    data = media.encode_video(media.Video(frames, fps=8), media.Encoding("mp4"))
     decoded, meta = mp4_facts(data)
     assert decoded.shape == (5, 32, 48, 3) and meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p")
     assert data[4:8] == b"ftyp" and data.index(b"moov") < data.index(b"mdat")

@@ -18,6 +18,7 @@ from kserve.logging import logger
 from kserve.model_server import app
 from transformers.utils import logging as transformers_logging
 
+from . import openai_images
 from .binary_inputs import Base64BinaryInputs
 from .config import parse_config
 from .disconnect import DisconnectWatcher
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.add_exception_handler(GenerationFailed, _generation_failed)
     app.add_exception_handler(RequestError, _request_rejected)
     app.add_exception_handler(ServingError, _not_served)
+    app.include_router(openai_images.router(model, config.max_image_bytes, config.max_image_pixels))
     app.add_middleware(Base64BinaryInputs, tensors=FILE_FIELDS)
     app.add_middleware(DisconnectWatcher)  # outermost: it buffers the body before the others read it
     serve_lifespan = app.router.lifespan_context

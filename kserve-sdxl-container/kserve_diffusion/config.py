@@ -66,6 +66,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _compress_level(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 9:
+        raise ValueError(f"expected 0 to 9, got {text!r}")
+    return value
+
+
 def _choice(choices: Sequence[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -200,6 +207,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("vae_tiling", "VAE_TILING", parse_bool, False, "decode with a tiled VAE: less memory for large outputs"),
     Option("vae_slicing", "VAE_SLICING", parse_bool, False, "decode batches one item at a time: less memory"),
+    Option(
+        "png_compress_level",
+        "PNG_COMPRESS_LEVEL",
+        _compress_level,
+        1,
+        "zlib level of returned PNGs, 0-9: 1 is several times faster than Pillow's 6 for 10-20 percent more bytes",
+    ),
     Option("max_num_images", "MAX_NUM_IMAGES", _positive_int, 4, "most images one generation may ask for"),
     Option("max_steps", "MAX_STEPS", _positive_int, 150, "most denoising steps a request may ask for"),
     Option("max_side", "MAX_SIDE", _positive_int, 2048, "largest width or height in pixels"),
@@ -258,6 +272,7 @@ class ServerConfig:
     device: str = "cpu"
     dtype: str = "float32"
     video_dtype: str = "float32"  # the dtype of a --video_model_id model
+    png_compress_level: int = 1
     max_num_images: int = 4
     max_steps: int = 150
     max_side: int = 2048

@@ -17,8 +17,18 @@ from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 from PIL.Image import Image
 
-IMAGE_FORMATS = {"png": "PNG"}  # output format -> Pillow format
-MIME_TYPES = {"png": "image/png", "mp4": "video/mp4", "gif": "image/gif", "webp": "image/webp"}
+IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}  # output format -> Pillow format
+MIME_TYPES = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "mp4": "video/mp4",
+    "gif": "image/gif",
+}
+DEFAULT_QUALITY = 90
+DEFAULT_PNG_COMPRESS_LEVEL = 1  # zlib level: about 3-6x faster than Pillow's 6 for 7-18% more bytes (README)
+# WebP encoder effort 0 of 6: about 3x faster than Pillow's 4 for about 4% more bytes at the same quality.
+WEBP_METHOD = 0
 _ANIMATED = {"gif": "GIF", "webp": "WEBP"}  # video formats Pillow writes
 # Input images: the formats Pillow may open for a request (nothing else is even attempted).
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -43,26 +53,46 @@ class Video:
         return len(self.frames) / self.fps
 
 
-def encode_image(image: Image, output_format: str = "png") -> bytes:
-    """The image as a file in `output_format`."""
+@dataclass(frozen=True)
+class Encoding:
+    """How to write a generated file: its format and the knobs of that format."""
+
+    output_format: str = "png"
+    quality: int = DEFAULT_QUALITY  # JPEG and WebP, 0-100
+    png_compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL  # zlib 0-9
+
+    def pillow_options(self) -> dict[str, int]:
+        """Pillow `save` keyword arguments for this encoding."""
+        if self.output_format == "png":
+            return {"compress_level": self.png_compress_level}
+        if self.output_format == "webp":
+            return {"quality": self.quality, "method": WEBP_METHOD}
+        if self.output_format == "jpeg":
+            return {"quality": self.quality}
+        return {}
+
+
+def encode_image(image: Image, encoding: Encoding = Encoding()) -> bytes:
+    """The image as a file in `encoding`'s format."""
     buffer = io.BytesIO()
-    image.save(buffer, format=IMAGE_FORMATS[output_format])
+    image.save(buffer, format=IMAGE_FORMATS[encoding.output_format], **encoding.pillow_options())
     return buffer.getvalue()
 
 
-def encode_video(video: Video, output_format: str = "mp4") -> bytes:
+def encode_video(video: Video, encoding: Encoding = Encoding("mp4")) -> bytes:
     """The video as an MP4 (H.264, yuv420p, +faststart: plays in browsers) or an animated GIF/WebP."""
-    if output_format in _ANIMATED:
+    if encoding.output_format in _ANIMATED:
         pictures = [PILImage.fromarray(frame) for frame in video.frames]
         buffer = io.BytesIO()
         duration_ms = round(1000 / video.fps)
         pictures[0].save(
             buffer,
-            format=_ANIMATED[output_format],
+            format=_ANIMATED[encoding.output_format],
             save_all=True,
             append_images=pictures[1:],
             duration=duration_ms,
             loop=0,
+            **encoding.pillow_options(),
         )
         return buffer.getvalue()
     # ffmpeg needs a seekable file for +faststart (the index moved to the front).
@@ -137,10 +167,15 @@ def decode_data_url(text: str, max_bytes: int) -> bytes:
     return data
 
 
+def looks_like_image_file(data: bytes) -> bool:
+    """Whether `data` starts like a PNG, JPEG or WebP file."""
+    return data.startswith(_MAGIC)
+
+
 def decode_inline(value: str | bytes, max_bytes: int) -> bytes:
     """Image file bytes from an inline value: a data URL, base64 text, or (v2 BYTES) the raw file."""
     if isinstance(value, bytes):
-        if value.startswith(_MAGIC):
+        if looks_like_image_file(value):
             if len(value) > max_bytes:
                 raise MediaError(f"is {len(value)} bytes, more than the limit of {max_bytes}")
             return value
@@ -170,3 +205,22 @@ def open_image(data: bytes, mode: str, max_pixels: int) -> Image:
         return ImageOps.exif_transpose(image).convert(mode)
     except (OSError, SyntaxError, ValueError) as exc:
         raise MediaError(f"could not be decoded as {image.format} ({exc})") from None
+
+
+def transparent_mask(data: bytes, max_pixels: int) -> bytes | None:
+    """OpenAI's mask convention (fully transparent pixels are repainted) as our white-on-black PNG mask;
+    None when the image has no fully transparent pixel or cannot be read (it is then used as it is)."""
+    try:
+        image = PILImage.open(io.BytesIO(data), formats=INPUT_FORMATS)
+        width, height = image.size
+        if width * height > max_pixels or not (image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info):
+            return None
+        alpha = image.convert("RGBA").getchannel("A")
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, PILImage.DecompressionBombError):
+        return None
+    if alpha.getextrema()[0] != 0:
+        return None
+    mask = alpha.point(lambda value: 255 if value == 0 else 0)
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG", compress_level=DEFAULT_PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -26,6 +28,11 @@ from .worker import AcceleratorOutOfMemory, GenerationWorker
 
 logger = logging.getLogger("kserve.diffusion")
 RANDOM_SEED_RANGE = 2**32
+
+
+def _request_id(headers: dict[str, str] | None) -> str:
+    """The caller's x-request-id, else a fresh one (it ties the log lines of one request together)."""
+    return (headers or {}).get("x-request-id") or uuid.uuid4().hex[:16]
 
 
 def _memory_advice(request: GenerationRequest) -> str:
@@ -95,13 +102,17 @@ class DiffusionModel(Model):
                 await asyncio.sleep(0.1)
         logger.info("drained")
 
+    def tasks(self) -> tuple[str, ...]:
+        """The task types the loaded pipelines serve (none before loading)."""
+        return self.runner.tasks if self.runner else ()
+
     def get_input_types(self) -> list[dict[str, Any]]:
         """v2 metadata: the input tensors."""
         return protocols.v2_input_types()
 
     def get_output_types(self) -> list[dict[str, Any]]:
         """v2 metadata: the output tensors."""
-        return protocols.v2_output_types(self.runner.tasks if self.runner else ())
+        return protocols.v2_output_types(self.tasks())
 
     async def _with_inputs(self, request: GenerationRequest) -> tuple[GenerationRequest, InputImages]:
         assert self.inputs is not None
@@ -111,19 +122,31 @@ class DiffusionModel(Model):
         self, payload: dict | bytes | InferRequest, headers: dict[str, str] | None = None
     ) -> dict | InferResponse:
         """v1 body or v2 InferRequest in; every instance is validated (inputs fetched) before any is generated."""
-        request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex[:16]
+        request_id = _request_id(headers)
+        if isinstance(payload, InferRequest):
+            with self._admitted():
+                request = self._checked(protocols.v2_instance(payload))
+                protocols.check_requested_outputs(payload, request)
+                request, inputs = await self._with_inputs(request)
+                return protocols.v2_response(payload, await self._generate(request, inputs, request_id), self.name)
+        instances = protocols.v1_instances(payload, self.config.max_instances)
+        return protocols.v1_response(await self.generate(instances, request_id))
+
+    async def generate(self, instances: list[Any], request_id: str) -> list[protocols.GenerationResult]:
+        """Generate each instance (a dict of request fields) in turn, after validating all of them."""
+        with self._admitted():
+            jobs = [await self._with_inputs(self._checked(instance)) for instance in instances]
+            return [await self._generate(request, inputs, request_id) for request, inputs in jobs]
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """Refuse new requests while draining; count the admitted ones in flight."""
         if self.draining:
             metrics.count("unknown", ShuttingDown.outcome)
             raise ShuttingDown("the server is shutting down; another replica (or a retry) will take the request")
         metrics.IN_FLIGHT.inc()
         try:
-            if isinstance(payload, InferRequest):
-                request, inputs = await self._with_inputs(self._checked(protocols.v2_instance(payload)))
-                result = await self._generate(request, inputs, request_id)
-                return protocols.v2_response(payload, result, self.name)
-            instances = protocols.v1_instances(payload, self.config.max_instances)
-            jobs = [await self._with_inputs(self._checked(instance)) for instance in instances]
-            return protocols.v1_response([await self._generate(r, inputs, request_id) for r, inputs in jobs])
+            yield
         finally:
             metrics.IN_FLIGHT.dec()
 
@@ -168,15 +191,16 @@ class DiffusionModel(Model):
             self._active.discard(control)
         # Encoding is CPU work: it runs beside the event loop and off the accelerator thread.
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(None, protocols.encode_result, request, seed, timed.value)
+        result = await loop.run_in_executor(
+            None, protocols.encode_result, request, seed, timed.value, self.config.png_compress_level
+        )
         self._record(request, control, timed.queue_wait, timed.run_time, result)
-        width, height = (result.video.width, result.video.height) if result.video else (request.width, request.height)
         logger.info(
             "request=%s task=%s size=%dx%d steps=%d %s scheduler=%s seed=%d queue_wait=%.3fs generation=%.3fs",
             request_id,
             task,
-            width,
-            height,
+            result.width,
+            result.height,
             request.num_inference_steps,
             f"frames={result.video.num_frames}" if result.video else f"images={len(result.files)}",
             request.scheduler,

@@ -47,21 +47,38 @@ class GenerationResult:
     task_type: str
     seed: int
     files: list[bytes]
-    content_type: str
+    output_format: str
+    width: int
+    height: int
     video: VideoInfo | None = None
 
+    @property
+    def content_type(self) -> str:
+        """The MIME type of the files."""
+        return media.content_type(self.output_format)
 
-def encode_result(request: GenerationRequest, seed: int, output: list[Image] | media.Video) -> GenerationResult:
-    """Encode a runner's output in the request's output_format (CPU work: call it off the event loop)."""
+
+def encode_result(
+    request: GenerationRequest,
+    seed: int,
+    output: list[Image] | media.Video,
+    png_compress_level: int = media.DEFAULT_PNG_COMPRESS_LEVEL,
+) -> GenerationResult:
+    """Encode a runner's output as the request asks (CPU work: call it off the event loop)."""
     assert request.task_type is not None and request.output_format is not None
-    file_format = request.output_format
+    encoding = media.Encoding(
+        request.output_format,
+        request.quality if request.quality is not None else media.DEFAULT_QUALITY,
+        png_compress_level,
+    )
+    task, file_format = request.task_type, request.output_format
     if isinstance(output, media.Video):
         height, width = output.frames.shape[1:3]
         info = VideoInfo(len(output.frames), output.fps, width, height, round(output.duration_seconds, 3))
-        files = [media.encode_video(output, file_format)]
-        return GenerationResult(request.task_type, seed, files, media.content_type(file_format), info)
-    files = [media.encode_image(image, file_format) for image in output]
-    return GenerationResult(request.task_type, seed, files, media.content_type(file_format))
+        return GenerationResult(task, seed, [media.encode_video(output, encoding)], file_format, width, height, info)
+    width, height = output[0].size
+    files = [media.encode_image(image, encoding) for image in output]
+    return GenerationResult(task, seed, files, file_format, width, height)
 
 
 def _decode_json(payload: Any) -> Any:
@@ -153,13 +170,37 @@ def v2_instance(request: InferRequest) -> dict[str, Any]:
     return values
 
 
+def check_requested_outputs(request: InferRequest, generation: GenerationRequest) -> None:
+    """Raise RequestError (before any work) when a REST request asks for an output this task does not have."""
+    names = ("video" if generation.task_type == "text2video" else "images", "seed")
+    for output in request.request_outputs or []:
+        if output.name not in names:
+            raise RequestError(
+                "outputs", f"{generation.task_type} answers with {' and '.join(names)}, got {output.name!r}"
+            )
+
+
+def _binary_outputs(request: InferRequest) -> dict[str, bool]:
+    """Which outputs travel as raw bytes: REST's binary tensor extension (`binary_data_output`, or
+    `binary_data` per requested output), or gRPC requests that sent raw input contents."""
+    every = bool(request.use_binary_outputs)
+    chosen = {name: every for name in ("images", "video", "seed")}
+    if not request.from_grpc:
+        for output in request.request_outputs or []:
+            chosen[output.name] = bool(output.binary_data)
+    return chosen
+
+
 def v2_response(request: InferRequest, result: GenerationResult, model_name: str) -> InferResponse:
-    """The v2 answer: `images` BYTES [n] (or `video` BYTES [1]) of base64 files with their content_type, and `seed`."""
+    """The v2 answer: `images` BYTES [n] (or `video` BYTES [1]) holding the files with their content_type,
+    and `seed`. Files are base64 text in JSON, and the raw file bytes when the output is sent binary."""
+    name = "images" if result.video is None else "video"
+    binary = _binary_outputs(request)
     files = InferOutput(
-        name="images" if result.video is None else "video",
+        name=name,
         shape=[len(result.files)],
         datatype="BYTES",
-        data=[media.to_base64(data) for data in result.files],
+        data=list(result.files) if binary[name] else [media.to_base64(data) for data in result.files],
         parameters={"content_type": result.content_type},
     )
     seed = InferOutput(name="seed", shape=[1], datatype="INT64", data=[result.seed])
@@ -172,8 +213,8 @@ def v2_response(request: InferRequest, result: GenerationResult, model_name: str
         model_name=model_name,
         infer_outputs=[files, seed],
         parameters=parameters,
-        # KServe's gRPC convention: raw input contents in, raw output contents out.
-        use_binary_outputs=request.from_grpc and request.use_binary_outputs,
+        use_binary_outputs=bool(request.use_binary_outputs),
+        requested_outputs=None if request.from_grpc else request.request_outputs,
     )
 
 

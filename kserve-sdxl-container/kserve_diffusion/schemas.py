@@ -28,11 +28,12 @@ TASK_INPUTS: dict[str, tuple[str, ...]] = {
 INPUT_FIELDS = {"image": ("image", "image_url"), "mask": ("mask", "mask_url")}
 # The files each kind of task can be answered with; the first is the default.
 TASK_OUTPUT_FORMATS: dict[str, tuple[str, ...]] = {
-    "text2img": ("png",),
-    "img2img": ("png",),
-    "inpaint": ("png",),
+    "text2img": ("png", "jpeg", "webp"),
+    "img2img": ("png", "jpeg", "webp"),
+    "inpaint": ("png", "jpeg", "webp"),
     "text2video": ("mp4", "gif", "webp"),
 }
+QUALITY_FORMATS = ("jpeg", "webp")  # the lossy formats `quality` applies to
 # Fields only video uses, and image fields with a video counterpart: given for the other kind of task
 # they would be silently ignored, so they are a 400 that points to the right field.
 VIDEO_FIELDS = ("video_height", "video_width", "num_frames", "video_guidance_scale", "fps")
@@ -154,8 +155,13 @@ class GenerationRequest(BaseModel):
     num_frames: int = Field(25, ge=1, description="video frames; Wan needs 4k+1")
     video_guidance_scale: float = Field(6.0, ge=1, le=20, description="classifier-free guidance for video")
     fps: int = Field(8, ge=6, le=30, description="frames per second of the video file")
-    output_format: Literal["png", "mp4", "gif", "webp"] | None = Field(
-        None, description="file format of the answer: png for images; mp4 (default), gif or webp for video"
+    output_format: Literal["png", "jpeg", "webp", "mp4", "gif"] | None = Field(
+        None,
+        description="file format of the answer: png (default), jpeg or webp for images; mp4 (default), gif or "
+        "webp for video",
+    )
+    quality: int | None = Field(
+        None, ge=0, le=100, description="JPEG/WebP quality, 0 (smallest file) to 100 (best); 90 by default"
     )
     timeout: float | None = Field(
         None, gt=0, description="seconds this request may take in all, queue included (default --request_timeout)"
@@ -211,14 +217,14 @@ _UNION_TAGS = ("str", "bytes")
 _BOUND_WORDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
 
 
-def _range_text(name: str) -> str:
-    metadata = GenerationRequest.model_fields[name].metadata
+def _range_text(name: str, model: type[BaseModel]) -> str:
+    metadata = model.model_fields[name].metadata
     bounds = {attr: getattr(c, attr) for c in metadata for attr, _ in _BOUND_WORDS if hasattr(c, attr)}
     return " and ".join(f"{words} {bounds[attr]}" for attr, words in _BOUND_WORDS if attr in bounds)
 
 
-def describe_error(error: dict[str, Any]) -> str:
-    """One pydantic error as '<field>: <what is wrong>, got <value>'."""
+def describe_error(error: dict[str, Any], model: type[BaseModel] = GenerationRequest) -> str:
+    """One pydantic error of `model` as '<field>: <what is wrong>, got <value>'."""
     loc = error["loc"]
     kind = error["type"]
     value = error.get("input")
@@ -228,11 +234,11 @@ def describe_error(error: dict[str, Any]) -> str:
             return f"{loc[0]}: must be a string, got {_shown(value)}"
     field = ".".join(str(part) for part in loc) or "request"
     if kind == "extra_forbidden":
-        return f"{field}: unknown field (allowed: {', '.join(FIELD_NAMES)})"
+        return f"{field}: unknown field (allowed: {', '.join(model.model_fields)})"
     if kind == "missing":
         return f"{field}: required field is missing"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        problem = f"must be {_range_text(field)}"
+        problem = f"must be {_range_text(field, model)}"
     elif kind in ("string_too_short", "bytes_too_short", "too_short"):
         problem = "must not be empty"
     elif kind == "string_too_long":
@@ -323,6 +329,10 @@ def resolve_task(request: GenerationRequest, default_task: str, served: tuple[st
     output_format = request.output_format or formats[0]
     if output_format not in formats:
         raise RequestError("output_format", f"{task} answers with {', '.join(formats)}, got {output_format!r}")
+    if request.quality is not None and output_format not in QUALITY_FORMATS:
+        raise RequestError(
+            "quality", f"applies to jpeg and webp output only, not {output_format}, got {request.quality}"
+        )
     return fill(request, task_type=task, strength=strength, output_format=output_format)
 
 
