@@ -12,7 +12,7 @@ DEMO_VIDEO_MODEL := .cache/tiny/wan
 HTTP_PORT ?= 8080
 GRPC_PORT ?= 8081
 
-.PHONY: install notebook-env demo test lint clean
+.PHONY: install notebook-env demo test bench bench-gpu lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,14 @@ demo: install $(DEMO_MODEL)/model_index.json $(DEMO_VIDEO_MODEL)/model_index.jso
 # -rs: say which checks were skipped and why (no GPU, no ../shared for the manifest validation, ...)
 test: install notebook-env
 	$(PY) -m pytest -q -rs
+
+# CPU figures with the tiny models (about 10 minutes on 2 cores) -> benchmarks/results/cpu.{json,md,png}
+bench: install
+	$(PY) -m benchmarks.bench
+
+# Full-size architectures with random weights on a CUDA GPU -> benchmarks/results/gpu.{json,md,png}
+bench-gpu: install
+	$(PY) -m benchmarks.bench --gpu
 
 lint: install
 	$(VENV)/bin/ruff check .

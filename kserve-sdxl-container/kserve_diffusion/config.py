@@ -22,6 +22,7 @@ MODEL_TYPES = ("sdxl", "flux", "wan")
 DEVICES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 FLUX_VARIANTS = ("auto", "dev", "schnell")
+COMPILE_MODES = ("none", "regional", "full")
 TOKEN_ENV_VARS = ("HUGGINGFACE_TOKEN", "HF_TOKEN")
 # --dtype auto on an accelerator, per family (the model cards' advice); on the CPU always float32.
 ACCELERATOR_DTYPES = {"sdxl": "float16", "flux": "bfloat16", "wan": "bfloat16"}
@@ -56,6 +57,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected 0 or more, got {text!r}")
     return value
 
 
@@ -205,6 +213,31 @@ OPTIONS: tuple[Option, ...] = (
         81 * 1280 * 720,
         "largest num_frames x video_width x video_height of one request",
     ),
+    Option(
+        "compile",
+        "COMPILE",
+        _choice(COMPILE_MODES),
+        "none",
+        "torch.compile the UNet/transformer: regional compiles its repeated blocks (fast to compile), full the "
+        "whole module; compiled by the warm-up before ready",
+        COMPILE_MODES,
+    ),
+    Option("fuse_qkv", "FUSE_QKV", parse_bool, False, "fuse the attention query/key/value projections"),
+    Option("channels_last", "CHANNELS_LAST", parse_bool, False, "channels_last memory format for the UNet and 2D VAEs"),
+    Option(
+        "warmup",
+        "WARMUP",
+        parse_bool,
+        None,
+        "run one small generation per task before reporting ready (default: true with --compile, else false)",
+    ),
+    Option(
+        "encode_threads",
+        "ENCODE_THREADS",
+        _non_negative_int,
+        2,
+        "threads encoding PNG/JPEG/WebP/MP4 beside the accelerator thread; 0 encodes on the accelerator thread",
+    ),
     Option("vae_tiling", "VAE_TILING", parse_bool, False, "decode with a tiled VAE: less memory for large outputs"),
     Option("vae_slicing", "VAE_SLICING", parse_bool, False, "decode batches one item at a time: less memory"),
     Option(
@@ -269,6 +302,11 @@ class ServerConfig:
     max_video_pixels: int = 81 * 1280 * 720
     vae_tiling: bool = False
     vae_slicing: bool = False
+    compile: str = "none"
+    fuse_qkv: bool = False
+    channels_last: bool = False
+    warmup: bool = False
+    encode_threads: int = 2
     device: str = "cpu"
     dtype: str = "float32"
     video_dtype: str = "float32"  # the dtype of a --video_model_id model
@@ -374,6 +412,10 @@ def parse_config(
         )
     if values["video_model_id"] and values["model_type"] == "wan":
         raise ConfigError("--video_model_id: adds Wan beside an image model; with --model_type wan use --model_id")
+    if values["warmup"] is None:
+        values["warmup"] = values["compile"] != "none"  # compile on the warm-up, not on a user's request
+    elif not values["warmup"] and values["compile"] != "none":
+        raise ConfigError("--warmup false: --compile compiles during the warm-up generation; leave --warmup on")
     refiner_given = bool(values["refiner_id"] or values["refiner_single_file_model"])
     if values["use_refiner"] is None:
         values["use_refiner"] = refiner_given

@@ -9,6 +9,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -23,7 +24,7 @@ from .disconnect import CLIENT_DISCONNECTED
 from .errors import GenerationFailed, OutOfMemory, RequestError, ServingError, ShuttingDown
 from .families import Family, Runner
 from .inputs import InputImages, InputLoader, InputPolicy
-from .schemas import TASK_TYPES, GenerationRequest, Limits, parse_request
+from .schemas import TASK_TYPES, GenerationRequest, Limits, fill, parse_request
 from .worker import AcceleratorOutOfMemory, GenerationWorker
 
 logger = logging.getLogger("kserve.diffusion")
@@ -59,6 +60,11 @@ class DiffusionModel(Model):
         self.runner: Runner | None = None
         self.inputs: InputLoader | None = None
         self.worker = GenerationWorker(config.max_queue_size)
+        # Finished images and frames are encoded here, so the accelerator thread takes the next request at
+        # once; with --encode_threads 0 the accelerator thread encodes them itself.
+        self.encoder = (
+            ThreadPoolExecutor(config.encode_threads, thread_name_prefix="encode") if config.encode_threads else None
+        )
         self.draining = False
         self._active: set[RequestControl] = set()
         metrics.QUEUE_LENGTH.set_function(lambda: self.worker.waiting)
@@ -69,6 +75,8 @@ class DiffusionModel(Model):
             started = time.perf_counter()
             self.runner = self.family.load(self.config)
             self.inputs = InputLoader(InputPolicy.from_config(self.config), self.limits, self.runner.size_multiple)
+            if self.config.warmup:
+                self._warm_up()
             logger.info(
                 "model %r (%s) loaded in %.1fs on %s as %s",
                 self.name,
@@ -80,10 +88,25 @@ class DiffusionModel(Model):
         self.ready = True
         return self.ready
 
+    def _warm_up(self) -> None:
+        """One small generation per default task, on the accelerator thread, before the server is ready: it
+        compiles (--compile), sets up CUDA kernels and caches, so no user request pays for that."""
+        assert self.runner is not None
+        runner = self.runner
+        tasks = dict.fromkeys(task for task in (runner.default_task, "text2video") if task in runner.tasks)
+        for task in tasks:
+            request = runner.check(parse_request({"prompt": "warm-up", "task_type": task}, self.limits), self.limits)
+            request = fill(request, num_inference_steps=min(2, request.num_inference_steps or 2))
+            started = time.perf_counter()
+            self.worker.call(partial(runner.generate, request, 0))
+            logger.info("warm-up %s took %.1fs", task, time.perf_counter() - started)
+
     def stop(self) -> None:
-        """Let the running generation finish, then stop the worker thread."""
+        """Let the running generation finish, then stop the worker thread and the encode pool."""
         self.ready = False
         self.worker.shutdown()
+        if self.encoder is not None:
+            self.encoder.shutdown(wait=True)
 
     async def drain(self, grace_seconds: float) -> None:
         """Shutdown, first part: not ready at once, new requests refused; the admitted ones get up to
@@ -168,8 +191,9 @@ class DiffusionModel(Model):
         seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
         control = RequestControl(request_id, request.timeout or self.config.request_timeout)
         self._active.add(control)
+        job = partial(self._run, request, seed, inputs)
         try:
-            timed = await self.worker.run(partial(self._run, request, seed, inputs), control, CLIENT_DISCONNECTED.get())
+            timed = await self.worker.run(job, control, CLIENT_DISCONNECTED.get())
         except ServingError as exc:
             metrics.count(task, exc.outcome)
             logger.warning("request=%s task=%s %s: %s", request_id, task, exc.outcome, exc)
@@ -189,11 +213,11 @@ class DiffusionModel(Model):
             ) from None
         finally:
             self._active.discard(control)
-        # Encoding is CPU work: it runs beside the event loop and off the accelerator thread.
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            None, protocols.encode_result, request, seed, timed.value, self.config.png_compress_level
-        )
+        if self.encoder is None:
+            result = timed.value  # encoded on the accelerator thread
+        else:
+            encode = partial(protocols.encode_result, request, seed, timed.value, self.config.png_compress_level)
+            result = await asyncio.get_running_loop().run_in_executor(self.encoder, encode)
         self._record(request, control, timed.queue_wait, timed.run_time, result)
         logger.info(
             "request=%s task=%s size=%dx%d steps=%d %s scheduler=%s seed=%d queue_wait=%.3fs generation=%.3fs",
@@ -211,13 +235,16 @@ class DiffusionModel(Model):
         return result
 
     def _run(self, request: GenerationRequest, seed: int, inputs: InputImages, control: RequestControl) -> Any:
-        """The accelerator-thread job: generate, measuring the peak accelerator memory."""
+        """The accelerator-thread job: generate, measuring the peak accelerator memory (and encode, with
+        --encode_threads 0)."""
         assert self.runner is not None
         on_cuda = self.config.device != "cpu" and torch.cuda.is_available()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats()
         output = self.runner.generate(request, seed, inputs, control)
         metrics.PEAK_MEMORY.set(torch.cuda.max_memory_allocated() if on_cuda else 0)
+        if self.encoder is None:
+            return protocols.encode_result(request, seed, output, self.config.png_compress_level)
         return output
 
     @staticmethod

@@ -139,6 +139,10 @@ class GenerationWorker:
             if left is not None:
                 left.cancel()
 
+    def call(self, job: Callable[[], T]) -> T:
+        """Run `job` on the accelerator thread and wait for it (startup work such as the warm-up)."""
+        return self._executor.submit(job).result()
+
     def _drop(self, future: Future) -> bool:
         if future.cancel():
             with self._lock:

@@ -18,7 +18,7 @@ from diffusers import (
 )
 from PIL.Image import Image
 
-from .. import devices
+from .. import devices, speed
 from ..config import ServerConfig
 from ..control import RequestControl
 from ..errors import ConfigError, RequestError
@@ -198,11 +198,19 @@ def load(config: ServerConfig) -> FluxRunner:
         logger.info("serving %s: %s (set --flux_variant to override)", VARIANTS[variant].title, why)
     else:
         variant = config.flux_variant
+    return assemble(base, config, variant)
+
+
+def assemble(base: FluxPipeline, config: ServerConfig, variant: str) -> FluxRunner:
+    """The runner for a loaded FLUX pipeline: image-to-image and inpainting made of its modules, all placed on
+    the device, then the speed options applied."""
     # diffusers' own constructors on the base's module objects: nothing is loaded or copied twice.
     img2img = FluxImg2ImgPipeline(**base.components)
     inpaint = FluxInpaintPipeline(**base.components)
-    for pipeline in (base, img2img, inpaint):
+    pipelines = (base, img2img, inpaint)
+    for pipeline in pipelines:
         pipeline.set_progress_bar_config(disable=True)
         devices.apply_vae_options(pipeline, config)
         devices.place(pipeline, config.device)
+    speed.apply_speed_options(pipelines, config)
     return FluxRunner(base, img2img, inpaint, variant)

@@ -16,7 +16,7 @@ from diffusers import (
 )
 from PIL.Image import Image
 
-from .. import devices
+from .. import devices, speed
 from ..config import ServerConfig
 from ..control import RequestControl
 from ..errors import ConfigError, RequestError
@@ -252,12 +252,25 @@ def load(config: ServerConfig) -> SDXLRunner:
             refiner = load_pretrained(
                 StableDiffusionXLImg2ImgPipeline, config.refiner_id, "--refiner_id", **shared, **common
             )
+    return assemble(base, refiner, _load_inpaint(config, base, common), config)
+
+
+def assemble(
+    base: StableDiffusionXLPipeline,
+    refiner: StableDiffusionXLImg2ImgPipeline | None,
+    inpaint: DiffusionPipeline | None,
+    config: ServerConfig,
+) -> SDXLRunner:
+    """The runner for loaded pipelines: image-to-image (and, when `inpaint` is None, inpainting) made of the
+    base's modules, every pipeline placed on the device, then the speed options applied."""
     img2img = _sharing_base(StableDiffusionXLImg2ImgPipeline, base)
-    inpaint = _load_inpaint(config, base, common)
-    for pipeline in (base, refiner, img2img, inpaint):
+    inpaint = inpaint or _sharing_base(StableDiffusionXLInpaintPipeline, base)
+    pipelines = (base, refiner, img2img, inpaint)
+    for pipeline in pipelines:
         if pipeline is not None:
             pipeline.set_progress_bar_config(disable=True)
             devices.apply_vae_options(pipeline, config)
             # Offload modes hook modules; each pipeline re-installs its hooks after every call.
             devices.place(pipeline, config.device)
+    speed.apply_speed_options(pipelines, config)
     return SDXLRunner(base, refiner, img2img, inpaint)

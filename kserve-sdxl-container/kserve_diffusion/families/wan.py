@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from diffusers import UniPCMultistepScheduler, WanPipeline
 
-from .. import devices
+from .. import devices, speed
 from ..config import ServerConfig
 from ..control import RequestControl
 from ..errors import RequestError
@@ -125,7 +125,13 @@ def load(config: ServerConfig, model_id: str | None = None, flag: str = "--model
         pipeline.scheduler = UniPCMultistepScheduler.from_config(
             pipeline.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True
         )
+    return assemble(pipeline, config)
+
+
+def assemble(pipeline: WanPipeline, config: ServerConfig) -> WanRunner:
+    """The runner for a loaded Wan pipeline, placed on the device, with the speed options applied."""
     pipeline.set_progress_bar_config(disable=True)
     devices.apply_vae_options(pipeline, config)
     devices.place(pipeline, config.device)
+    speed.apply_speed_options((pipeline,), config)
     return WanRunner(pipeline, config.flow_shift)

@@ -1,0 +1,136 @@
+"""`make bench`: measure, then write benchmarks/results/{cpu,gpu}.{json,md,png}.
+
+python -m benchmarks.bench            # CPU: serving overhead, throughput, health, encoding, cold start
+python -m benchmarks.bench --gpu      # CUDA: full-size SDXL, FLUX.1-dev and Wan2.1-1.3B, random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks import encoding, gpu, report, serving  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def cpu_results(plan: serving.Plan) -> dict[str, Any]:
+    """Every CPU figure, as report sections."""
+    figures = serving.measure(plan)
+    return {
+        "machine": report.machine(),
+        "sections": [
+            {
+                "title": "a. Latency overhead: one request at a time",
+                "note": "HTTP v1 end to end (PNG answer, read and parsed) over the in-process pipeline call, "
+                "tiny SDXL (VAE downsamples by 8), medians, the two measured alternately. The pipeline runs on "
+                f"{figures['pipeline_threads']} torch thread(s), in the server and in-process alike: those cores "
+                "play the GPU, the one left plays the host CPU that answers HTTP and encodes.",
+                "rows": figures["latency"],
+            },
+            {
+                "title": "b, c. Saturated: 8 concurrent clients",
+                "note": "Throughput ratio = requests/s x in-process pipeline latency (1.0: the accelerator thread "
+                "never waits). Health p99: GET /v2/health/ready every 20 ms meanwhile. Both encoding modes in the "
+                "same run: the encode pool (default) and encoding on the accelerator thread (`--encode_threads 0`).",
+                "rows": figures["saturated"],
+            },
+            {
+                "title": "d. Encoding",
+                "note": "The server's encoders on a smooth synthetic 1024x1024 picture (and 81 panning frames).",
+                "rows": encoding.measure(repeats=max(1, plan.repeats // 2)),
+            },
+            {"title": "e. Cold start", "note": "Process start to ready, tiny SDXL.", "rows": figures["cold_start"]},
+            {
+                "title": "f. Speed options",
+                "note": "The GPU mode's loop with the tiny SDXL on the CPU: what each option does to a small "
+                "model on a CPU, not what it does on a GPU (see gpu.md). First call includes any compilation.",
+                "rows": speed_options(plan),
+            },
+        ],
+    }
+
+
+def speed_options(plan: serving.Plan) -> list[dict[str, Any]]:
+    """Each speed option on the tiny SDXL, CPU."""
+    size = plan.sizes[0]
+    case = gpu.Case(
+        f"tiny SDXL {size}x{size}, {plan.steps} steps",
+        "sdxl",
+        {"height": size, "width": size, "num_inference_steps": plan.steps},
+    )
+    options = ("eager", "fuse_qkv") if plan is serving.QUICK else tuple(gpu.SPEED_OPTIONS)
+    rows = gpu.measure((case,), ("cpu",), options, gpu.TINY, runs=max(1, plan.repeats // 2), build_device="cpu")
+    return [{key: value for key, value in row.items() if "GPU" not in key and "H100" not in key} for row in rows]
+
+
+def cpu_chart(results: dict[str, Any], path: Path) -> None:
+    """Throughput ratio per size and encoding mode, and encode milliseconds."""
+    saturated, encoded = results["sections"][1]["rows"], results["sections"][2]["rows"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = [f"{row['size']}\n{row['encoding']}" for row in saturated]
+    left.bar(labels, [row["throughput ratio (goal >= 0.97)"] for row in saturated], color="#4a78b0")
+    left.axhline(0.97, color="#c0392b", linestyle="--", label="goal 0.97")
+    left.set_title("Saturated throughput x pipeline latency")
+    left.legend()
+    left.tick_params(axis="x", labelsize=7)
+    right.barh([row["encoding"] for row in encoded], [row["ms"] for row in encoded], color="#6aa84f")
+    right.set_xlabel("ms")
+    right.set_title("Encoding cost")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def gpu_chart(results: dict[str, Any], path: Path) -> None:
+    """Latency per case, device mode and option."""
+    rows = [row for row in results["sections"][0]["rows"] if isinstance(row.get("latency (s)"), float)]
+    figure, axis = plt.subplots(figsize=(12, max(3, 0.35 * len(rows))))
+    labels = [f"{row['case']} | {row['device mode']} | {row['option']}" for row in rows]
+    axis.barh(labels, [row["latency (s)"] for row in rows])
+    axis.set_xlabel("seconds")
+    axis.tick_params(axis="y", labelsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CPU or the GPU benchmarks and write their results."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="full-size architectures on CUDA")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (a smoke test)")
+    parser.add_argument("--cases", default="", help="GPU: comma-separated case numbers (default: all)")
+    parser.add_argument("--modes", default=",".join(gpu.DEVICE_MODES), help="GPU: device modes")
+    parser.add_argument("--options", default=",".join(gpu.SPEED_OPTIONS), help="GPU: speed options")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.gpu:
+        if not torch.cuda.is_available():
+            print("--gpu needs CUDA; this machine has none", file=sys.stderr)
+            return 2
+        chosen = [int(n) for n in args.cases.split(",") if n] or range(1, len(gpu.CASES) + 1)
+        rows = gpu.measure(
+            cases=tuple(gpu.CASES[n - 1] for n in chosen),
+            modes=tuple(args.modes.split(",")),
+            options=tuple(args.options.split(",")),
+        )
+        results = {"machine": report.machine(), "sections": [{"title": "Full-size, random weights", "rows": rows}]}
+        paths = report.write("gpu", "GPU benchmarks", results, args.out, gpu_chart)
+    else:
+        results = cpu_results(serving.QUICK if args.quick else serving.Plan())
+        paths = report.write("cpu", "CPU benchmarks", results, args.out, cpu_chart)
+    print("\n".join(str(path) for path in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""GPU mode: full-size SDXL (+ refiner), FLUX.1-dev and Wan2.1-1.3B with random weights (no download), run
+through the server's own runners, device modes and speed options. Latency and peak GPU memory per case,
+beside the best published figures for the same GPU class."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from kserve_diffusion import architectures, tiny
+from kserve_diffusion.config import ServerConfig
+from kserve_diffusion.families import flux, sdxl, wan
+from kserve_diffusion.families.base import Runner
+from kserve_diffusion.schemas import Limits, parse_request
+
+DEVICE_MODES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload")
+SPEED_OPTIONS: dict[str, dict[str, Any]] = {
+    "eager": {},
+    "fuse_qkv": {"fuse_qkv": True},
+    "channels_last": {"channels_last": True},
+    "compile regional": {"compile": "regional"},
+    "compile full": {"compile": "full"},
+}
+# Published latencies on an H100 (seconds), for the comparison column.
+PUBLISHED_H100 = {
+    "sdxl": "2.50 eager, 1.47 TensorRT",
+    "flux": "6.57 bf16 eager, 4.21 compiled, 2.97 fp8 + compile",
+}
+DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark request on one family."""
+
+    label: str
+    family: str
+    fields: dict[str, Any]
+    refiner: bool = False
+
+
+CASES = (
+    Case("SDXL base 1024x1024, 30 steps", "sdxl", {"height": 1024, "width": 1024, "num_inference_steps": 30}),
+    Case(
+        "SDXL base + refiner (high_noise_frac 0.8), 1024x1024, 30 steps",
+        "sdxl",
+        {"height": 1024, "width": 1024, "num_inference_steps": 30, "high_noise_frac": 0.8},
+        refiner=True,
+    ),
+    Case("FLUX.1-dev 1024x1024, 28 steps", "flux", {"height": 1024, "width": 1024, "num_inference_steps": 28}),
+    Case(
+        "Wan2.1 1.3B 832x480, 25 frames",
+        "wan",
+        {"task_type": "text2video", "video_width": 832, "video_height": 480, "num_frames": 25},
+    ),
+    Case(
+        "Wan2.1 1.3B 832x480, 81 frames",
+        "wan",
+        {"task_type": "text2video", "video_width": 832, "video_height": 480, "num_frames": 81},
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Builders:
+    """How to make each family's pipelines, and their dtype."""
+
+    sdxl: Callable[[], Any]
+    sdxl_refiner: Callable[[Any], Any]
+    flux: Callable[[], Any]
+    wan: Callable[[], Any]
+    dtypes: dict[str, torch.dtype]
+
+
+FULL_SIZE = Builders(
+    sdxl=architectures.build_sdxl,
+    sdxl_refiner=architectures.build_sdxl_refiner,
+    flux=architectures.build_flux,
+    wan=architectures.build_wan,
+    dtypes={name: architecture.dtype for name, architecture in architectures.ARCHITECTURES.items()},
+)
+# The same loop with the tiny models on the CPU: how the tests check this mode without a GPU.
+TINY = Builders(
+    sdxl=tiny.build_sdxl_base,
+    sdxl_refiner=lambda base: tiny.build_sdxl_refiner(),
+    flux=tiny.build_flux,
+    wan=tiny.build_wan,
+    dtypes={"sdxl": torch.float32, "flux": torch.float32, "wan": torch.float32},
+)
+
+
+@contextmanager
+def _building_on(device: str, dtype: torch.dtype) -> Iterator[None]:
+    """Create parameters directly on `device` in `dtype`: random full-size weights in seconds, not minutes."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _runner(case: Case, builders: Builders, config: ServerConfig, build_device: str) -> Runner:
+    dtype = builders.dtypes[case.family]
+    with _building_on(build_device, dtype):
+        if case.family == "sdxl":
+            base = builders.sdxl()
+            refiner = builders.sdxl_refiner(base) if case.refiner else None
+        elif case.family == "flux":
+            pipeline = builders.flux()
+        else:
+            pipeline = builders.wan()
+    if config.device != "cuda" and build_device != "cpu":
+        for module in (base, refiner) if case.family == "sdxl" else (pipeline,):
+            if module is not None:
+                module.to("cpu")  # the offload modes start from weights in CPU memory
+    if case.family == "sdxl":
+        return sdxl.assemble(base.to(dtype=dtype), refiner.to(dtype=dtype) if refiner else None, None, config)
+    if case.family == "flux":
+        return flux.assemble(pipeline.to(dtype=dtype), config, "dev")
+    return wan.assemble(pipeline.to(dtype=dtype), config)
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def measure_case(case: Case, mode: str, option: str, builders: Builders, runs: int, build_device: str) -> dict:
+    """Latency (median of `runs` after a warm-up that includes any compilation) and peak memory of one case."""
+    config = replace(
+        ServerConfig(),
+        device=mode,
+        dtype=DTYPE_NAMES[builders.dtypes[case.family]],
+        video_dtype=DTYPE_NAMES[builders.dtypes[case.family]],
+        **SPEED_OPTIONS[option],
+    )
+    runner = _runner(case, builders, config, build_device)
+    limits = Limits(max_steps=150, max_side=2048, max_frames=81)
+    request = runner.check(parse_request({"prompt": "a red fox in the snow", **case.fields}, limits), limits)
+    on_cuda = torch.cuda.is_available() and mode != "cpu"
+    started = time.perf_counter()
+    runner.generate(request, 1)
+    warm_up = time.perf_counter() - started
+    if on_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        runner.generate(request, 1)
+        if on_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else 0.0
+    del runner
+    _free()
+    return {
+        "case": case.label,
+        "device mode": mode,
+        "option": option,
+        "latency (s)": round(statistics.median(times), 3),
+        "first call (s)": round(warm_up, 2),
+        "peak GPU memory (GiB)": round(peak, 2),
+        "published H100 (s)": PUBLISHED_H100.get(case.family, "") if mode == "cuda" and option == "eager" else "",
+    }
+
+
+def measure(
+    cases: tuple[Case, ...] = CASES,
+    modes: tuple[str, ...] = DEVICE_MODES,
+    options: tuple[str, ...] = tuple(SPEED_OPTIONS),
+    builders: Builders = FULL_SIZE,
+    runs: int = 3,
+    build_device: str = "cuda",
+) -> list[dict]:
+    """Every case in every device mode; the speed options on the fastest mode (the first) only."""
+    rows = []
+    for case in cases:
+        for mode in modes:
+            for option in options if mode == modes[0] else ("eager",):
+                try:
+                    rows.append(measure_case(case, mode, option, builders, runs, build_device))
+                except torch.OutOfMemoryError:
+                    _free()
+                    rows.append({"case": case.label, "device mode": mode, "option": option, "latency (s)": "OOM"})
+                print(rows[-1], flush=True)
+    return rows
