@@ -7,6 +7,7 @@ through the same DiffusionModel path as v1 and v2: same checks, queue, deadlines
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -402,13 +403,13 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
         fields = instance(prompt, size, n, output_format, output_compression)
         fields.update(_extras(extra))
         fields["image"] = await _file_bytes(image, "image", max_image_bytes)
-        if mask is not None:
-            given = await _file_bytes(mask, "mask", max_image_bytes)
-            fields["mask"] = media.transparent_mask(given, max_pixels) or given
-        else:  # OpenAI: without a mask, the image's own transparent pixels mark where to edit
-            own_mask = media.transparent_mask(fields["image"], max_pixels)
-            if own_mask is not None:
-                fields["mask"] = own_mask
+        # Without a mask, the image's own transparent pixels mark where to edit (OpenAI's rule).
+        given = await _file_bytes(mask, "mask", max_image_bytes) if mask is not None else None
+        # Decoding the alpha channel is CPU work: off the event loop.
+        loop = asyncio.get_running_loop()
+        converted = await loop.run_in_executor(None, media.transparent_mask, given or fields["image"], max_pixels)
+        if converted is not None or given is not None:
+            fields["mask"] = converted or given
         return await respond(fields, request, user)
 
     async def respond(fields: dict[str, Any], request: Request, user: str | None) -> ImagesResponse:
