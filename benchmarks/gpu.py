@@ -83,7 +83,7 @@ FULL_SIZE = Builders(
     sdxl_refiner=architectures.build_sdxl_refiner,
     flux=architectures.build_flux,
     wan=architectures.build_wan,
-    dtypes={name: architecture.dtype for name, architecture in architectures.ARCHITECTURES.items()},
+    dtypes=architectures.DTYPES,
 )
 # The same loop with the tiny models on the CPU: how the tests check this mode without a GPU.
 TINY = Builders(

@@ -8,7 +8,6 @@ omitted); the tokenizers are the locally generated tiny ones (token ids only hav
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -245,19 +244,8 @@ def build_wan() -> WanPipeline:
     )
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """A full-size pipeline builder and the dtype its model card recommends on a GPU."""
-
-    build: Callable[[], Any]
-    dtype: torch.dtype
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "sdxl": Architecture(build_sdxl, torch.float16),
-    "flux": Architecture(build_flux, torch.bfloat16),
-    "wan": Architecture(build_wan, torch.bfloat16),
-}
+# The dtype each model card recommends on a GPU.
+DTYPES: dict[str, torch.dtype] = {"sdxl": torch.float16, "flux": torch.bfloat16, "wan": torch.bfloat16}
 
 
 def parameter_count(name: str) -> int:
