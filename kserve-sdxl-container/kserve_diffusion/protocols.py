@@ -171,7 +171,7 @@ def v2_instance(request: InferRequest) -> dict[str, Any]:
 
 
 def check_requested_outputs(request: InferRequest, generation: GenerationRequest) -> None:
-    """Raise RequestError (before any work) when a REST request asks for an output this task does not have."""
+    """Raise RequestError (before any work) when a request asks for an output this task does not have."""
     names = ("video" if generation.task_type == "text2video" else "images", "seed")
     for output in request.request_outputs or []:
         if output.name not in names:
