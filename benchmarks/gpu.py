@@ -13,11 +13,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from kserve_diffusion import architectures, tiny
-from kserve_diffusion.config import ServerConfig
-from kserve_diffusion.families import flux, sdxl, wan
-from kserve_diffusion.families.base import Runner
-from kserve_diffusion.schemas import Limits, parse_request
+from kserve_diffusion.api.request import DEFAULT_LIMITS, parse_request
+from kserve_diffusion.config import ServerConfig, defaults
+from kserve_diffusion.pipelines import flux, sdxl, wan
+from kserve_diffusion.pipelines.base import Runner
+from kserve_diffusion.testing import tiny
+
+from benchmarks import architectures
 
 DEVICE_MODES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload")
 SPEED_OPTIONS: dict[str, dict[str, Any]] = {
@@ -137,14 +139,14 @@ def _free() -> None:
 def measure_case(case: Case, mode: str, option: str, builders: Builders, runs: int, build_device: str) -> dict:
     """Latency (median of `runs` after a warm-up that includes any compilation) and peak memory of one case."""
     config = replace(
-        ServerConfig(),
+        defaults(),
         device=mode,
         dtype=DTYPE_NAMES[builders.dtypes[case.family]],
         video_dtype=DTYPE_NAMES[builders.dtypes[case.family]],
         **SPEED_OPTIONS[option],
     )
     runner = _runner(case, builders, config, build_device)
-    limits = Limits(max_steps=150, max_side=2048, max_frames=81)
+    limits = replace(DEFAULT_LIMITS, max_steps=150, max_side=2048, max_frames=81)
     request = runner.check(parse_request({"prompt": "a red fox in the snow", **case.fields}, limits), limits)
     on_cuda = torch.cuda.is_available() and mode != "cpu"
     started = time.perf_counter()

@@ -27,10 +27,10 @@ from typing import Any
 
 import httpx
 import torch
-from kserve_diffusion import tiny
+from kserve_diffusion.api.request import DEFAULT_LIMITS, parse_request
 from kserve_diffusion.config import parse_config
-from kserve_diffusion.families import serving_family
-from kserve_diffusion.schemas import Limits, parse_request
+from kserve_diffusion.pipelines import serving_family
+from kserve_diffusion.testing import tiny
 
 CLIENTS = 8
 # "after": the encode pool (default); "before": encoding on the accelerator thread, as the old scripts did.
@@ -117,7 +117,7 @@ def _predict(client: httpx.Client, size: int, steps: int) -> float:
 def paired_latency(runner: Any, server: Server, size: int, plan: Plan) -> tuple[float, float]:
     """(median seconds of the in-process pipeline call, median seconds of the same request over HTTP v1),
     measured alternately after one warm-up of each."""
-    limits = Limits()
+    limits = DEFAULT_LIMITS
     request = runner.check(parse_request(_instance(size, plan.steps), limits), limits)
     pipeline_times, http_times = [], []
     with httpx.Client(base_url=server.url, timeout=600) as client:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kserve_diffusion import tiny
+from kserve_diffusion.config import settings
+from kserve_diffusion.config.parsing import TOKEN_ENV_VARS
+from kserve_diffusion.testing import tiny
 
 from tests.image_host import ImageHost
 
@@ -24,6 +26,23 @@ VENV_PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 IMAGE_SERVER_MAX_BYTES = 300_000
 IMAGE_SERVER_MAX_PIXELS = 250_000
 IMAGE_SERVER_FETCH_TIMEOUT = 2
+
+
+# The server's own settings and tokens: never inherited from the developer's shell or CI.
+SERVER_ENV_VARS = frozenset({item.env for item in settings()} | set(TOKEN_ENV_VARS))
+
+
+def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without the server's variables, plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if k not in SERVER_ENV_VARS}, **(extra or {})}
+
+
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own empty folder (no .env unless it writes one) without the server's variables."""
+    for name in SERVER_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
 
 
 def free_port() -> int:
@@ -52,8 +71,13 @@ class ServerProcess:
         ports = ["--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port)]
         self.command = [*(launcher or default), *ports, *args]
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        # Its own folder as the working directory: no stray .env is read.
         self.process = subprocess.Popen(
-            self.command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            self.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=server_environment(env),
+            cwd=log_path.parent,
         )
 
     @property

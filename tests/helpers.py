@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import tempfile
+from pathlib import Path
 
 import httpx
+import imageio.v2 as imageio
+import numpy as np
 from kserve import InferenceGRPCClient
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from PIL import Image
@@ -62,3 +66,15 @@ def grpc_infer(target: str, request: InferRequest, timeout: float = 300) -> Infe
 def small(**fields: object) -> dict:
     """A cheap text2img instance for the tiny model."""
     return {"prompt": "a red fox", "height": 64, "width": 64, "num_inference_steps": 2, **fields}
+
+
+def mp4_facts(data: bytes) -> tuple[np.ndarray, dict]:
+    """(frames, ffmpeg metadata) of MP4 bytes, decoded by imageio-ffmpeg."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "video.mp4"
+        path.write_bytes(data)
+        reader = imageio.get_reader(path, format="FFMPEG")
+        try:
+            return np.stack([frame for frame in reader.iter_data()]), reader.get_meta_data()
+        finally:
+            reader.close()

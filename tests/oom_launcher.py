@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from kserve_diffusion.__main__ import main
-from kserve_diffusion.control import RequestControl
+from kserve_diffusion.runtime.control import RequestControl
 
 INJECT_PREFIX = "inject-oom"
 _on_step = RequestControl.on_step

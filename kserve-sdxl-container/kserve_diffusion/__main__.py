@@ -2,67 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from diffusers.utils import logging as diffusers_logging
-from fastapi import Request
-from fastapi.responses import JSONResponse
-from kserve import ModelServer
 from kserve import logging as kserve_logging
 from kserve.logging import logger
-from kserve.model_server import app
 from transformers.utils import logging as transformers_logging
 
-from . import openai_images
-from .binary_inputs import Base64BinaryInputs
 from .config import parse_config
-from .disconnect import DisconnectWatcher
-from .errors import ConfigError, GenerationFailed, RequestError, ServingError
-from .families import serving_family
-from .model import DiffusionModel
-from .schemas import FILE_FIELDS
-
-
-async def _generation_failed(_: Request, exc: Exception) -> JSONResponse:
-    # KServe's generic handler would prefix the exception's class name; keep the answer short.
-    return JSONResponse(status_code=500, content={"error": str(exc)})
-
-
-async def _request_rejected(_: Request, exc: Exception) -> JSONResponse:
-    # KServe's handler logs a traceback for every 400; one line says all there is to say.
-    logger.warning("rejected request: %s", exc)
-    return JSONResponse(status_code=400, content={"error": str(exc)})
-
-
-async def _not_served(_: Request, exc: Exception) -> JSONResponse:
-    # Queue full, shutting down, deadline, client gone, out of memory: the status and headers say what to do.
-    assert isinstance(exc, ServingError)
-    return JSONResponse(status_code=exc.http_status, content={"error": exc.message}, headers=exc.headers)
-
-
-def _drain_on_sigterm(model: DiffusionModel, grace_seconds: float) -> None:
-    """From inside the running server: make SIGTERM drain the model first, then hand over to uvicorn's handler
-    (which stops the HTTP server and, through KServe, the gRPC server; the process then exits 0)."""
-    loop = asyncio.get_running_loop()
-    stop_server = signal.getsignal(signal.SIGTERM)  # uvicorn's, installed when it started serving
-
-    async def drain_then_stop() -> None:
-        await model.drain(grace_seconds)
-        if callable(stop_server):
-            stop_server(signal.SIGTERM, None)
-
-    def on_sigterm() -> None:
-        logger.info("SIGTERM: draining before shutdown")
-        loop.remove_signal_handler(signal.SIGTERM)  # a second SIGTERM goes straight to uvicorn
-        signal.signal(signal.SIGTERM, stop_server)
-        asyncio.ensure_future(drain_then_stop())
-
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+from .errors import ConfigError
+from .pipelines import serving_family
+from .runtime.service import GenerationService
+from .server.app import serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,28 +26,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Progress bars garble the one-line-per-event server log.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
-        model = DiffusionModel(config, serving_family(config))
-        model.load()
+        service = GenerationService(config, serving_family(config))
+        service.load()
     except ConfigError as exc:
         logger.error("startup failed: %s", exc)
         print(f"kserve-diffusion: error: {exc}", file=sys.stderr)
         return 2
-    app.add_exception_handler(GenerationFailed, _generation_failed)
-    app.add_exception_handler(RequestError, _request_rejected)
-    app.add_exception_handler(ServingError, _not_served)
-    app.include_router(openai_images.router(model, config.max_image_bytes, config.max_image_pixels))
-    app.add_middleware(Base64BinaryInputs, tensors=FILE_FIELDS)
-    app.add_middleware(DisconnectWatcher)  # outermost: it buffers the body before the others read it
-    serve_lifespan = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app_: Any) -> AsyncIterator[Any]:
-        _drain_on_sigterm(model, config.shutdown_grace_seconds)  # uvicorn's own handler is in place by now
-        async with serve_lifespan(app_) as state:
-            yield state
-
-    app.router.lifespan_context = lifespan
-    ModelServer(**config.model_server).start([model])
+    serve(service)
     return 0
 
 

@@ -1,0 +1,292 @@
+"""The request schema: one pydantic model that is validation, defaults and documentation at once.
+
+Static ranges live in the field definitions; the operator's limits (--max_steps, ...) arrive as
+the validation context. Every violation becomes one 400 message naming the field, what is allowed
+and the value received.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from types import NoneType
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from ..config import ServerConfig, defaults
+from ..errors import RequestError, RequestErrors
+
+TASK_TYPES = ("text2img", "img2img", "inpaint", "text2video")
+# The input images each task reads; each can arrive inline (`image`) or by URL (`image_url`).
+TASK_INPUTS: dict[str, tuple[str, ...]] = {
+    "text2img": (),
+    "img2img": ("image",),
+    "inpaint": ("image", "mask"),
+    "text2video": (),
+}
+INPUT_FIELDS = {"image": ("image", "image_url"), "mask": ("mask", "mask_url")}
+# The files each kind of task can be answered with; the first is the default.
+TASK_OUTPUT_FORMATS: dict[str, tuple[str, ...]] = {
+    "text2img": ("png", "jpeg", "webp"),
+    "img2img": ("png", "jpeg", "webp"),
+    "inpaint": ("png", "jpeg", "webp"),
+    "text2video": ("mp4", "gif", "webp"),
+}
+QUALITY_FORMATS = ("jpeg", "webp")  # the lossy formats `quality` applies to
+# Fields only video uses, and image fields with a video counterpart: given for the other kind of task
+# they would be silently ignored, so they are a 400 that points to the right field.
+VIDEO_FIELDS = ("video_height", "video_width", "num_frames", "video_guidance_scale", "fps")
+VIDEO_COUNTERPARTS = {"height": "video_height", "width": "video_width", "guidance_scale": "video_guidance_scale"}
+DEFAULT_STRENGTH = 0.3  # seed 000's default: a light refinement
+TASK_DEFAULT_STRENGTH = {"inpaint": 1.0}  # inpainting repaints the masked area from scratch
+MAX_PROMPT_CHARS = 10_000
+MAX_SEED = 2**63 - 1  # fits the v2 INT64 tensor the seed is echoed in
+MIN_SIDE = 64
+MAX_T5_TOKENS = 512  # the most T5 tokens FLUX pipelines accept
+# Fields only some families read: field -> those families. Sent to another family they would be
+# silently ignored, so they are a 400 naming the families they apply to.
+FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
+    "prompt_2": ("sdxl", "flux"),
+    "use_refiner": ("sdxl",),
+    "high_noise_frac": ("sdxl",),
+    "refiner_inference_steps": ("sdxl",),
+    "true_cfg_scale": ("flux",),
+    "max_sequence_length": ("flux",),
+}
+FAMILY_TITLES = {"sdxl": "SDXL", "flux": "FLUX", "wan": "Wan video"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-server request limits; built from the ServerConfig (the settings hold the defaults)."""
+
+    max_num_images: int
+    max_steps: int
+    max_side: int
+    max_pixels: int
+    max_frames: int
+    max_video_pixels: int
+    request_timeout: float
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> Limits:
+        """The limits a ServerConfig sets."""
+        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+
+
+DEFAULT_LIMITS = Limits.from_config(defaults())
+
+
+# Fields whose upper bound is the operator's: field -> Limits attribute.
+_SERVER_LIMITED = {
+    "num_inference_steps": "max_steps",
+    "refiner_inference_steps": "max_steps",
+    "num_images": "max_num_images",
+    "num_frames": "max_frames",
+}
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    return info.context if isinstance(info.context, Limits) else DEFAULT_LIMITS
+
+
+class GenerationRequest(BaseModel):
+    """One generation: the parameters of seed 000's API, with its defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
+
+    task_type: Literal["text2img", "img2img", "inpaint", "text2video"] | None = Field(
+        None, description="what to generate; inferred when absent"
+    )
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what to draw")]
+    prompt_2: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="prompt for the second text encoder (SDXL's OpenCLIP, FLUX's T5); defaults to prompt",
+    )
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="what to avoid")
+    image_url: str | None = Field(
+        None, min_length=1, repr=False, description="input image for img2img/inpaint: an http(s) or data URL"
+    )
+    image: str | bytes | None = Field(
+        None, min_length=1, repr=False, description="input image inline: base64 or a data URL (v2: the file bytes)"
+    )
+    mask_url: str | None = Field(
+        None, min_length=1, repr=False, description="inpainting mask (white = repaint): an http(s) or data URL"
+    )
+    mask: str | bytes | None = Field(
+        None, min_length=1, repr=False, description="inpainting mask inline: base64 or a data URL (v2: the file bytes)"
+    )
+    height: int = Field(1024, description="image height in pixels, a multiple of 8")
+    width: int = Field(1024, description="image width in pixels, a multiple of 8")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when absent; always echoed")
+    scheduler: str | None = Field(None, description="sampler name; the family's default when absent")
+    num_inference_steps: int | None = Field(
+        None, ge=1, description="denoising steps; by default SDXL and Wan 25, FLUX.1-dev 28, FLUX.1-schnell 4"
+    )
+    refiner_inference_steps: int | None = Field(
+        None, ge=1, description="SDXL refiner steps when it refines with strength (default 50)"
+    )
+    guidance_scale: float = Field(
+        7.5, ge=0, le=50, description="guidance scale; SDXL 7.5, FLUX.1-dev 3.5, FLUX.1-schnell 0 by default"
+    )
+    true_cfg_scale: float | None = Field(
+        None, ge=1, le=50, description="FLUX true classifier-free guidance with negative_prompt (> 1 turns it on)"
+    )
+    max_sequence_length: int | None = Field(
+        None, ge=1, le=MAX_T5_TOKENS, description="FLUX T5 prompt tokens; 512 for dev, 256 for schnell by default"
+    )
+    strength: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="how much the input (or base) image is changed: 0.3 by default, 1.0 for inpaint",
+    )
+    num_images: int = Field(1, ge=1, description="images generated in one batched call")
+    video_height: int = Field(480, description="video height in pixels, a multiple of 16 (480p or 720p)")
+    video_width: int = Field(704, description="video width in pixels, a multiple of 16")
+    num_frames: int = Field(25, ge=1, description="video frames; Wan needs 4k+1")
+    video_guidance_scale: float = Field(6.0, ge=1, le=20, description="classifier-free guidance for video")
+    fps: int = Field(8, ge=6, le=30, description="frames per second of the video file")
+    output_format: Literal["png", "jpeg", "webp", "mp4", "gif"] | None = Field(
+        None,
+        description="file format of the answer: png (default), jpeg or webp for images; mp4 (default), gif or "
+        "webp for video",
+    )
+    quality: int | None = Field(
+        None, ge=0, le=100, description="JPEG/WebP quality, 0 (smallest file) to 100 (best); 90 by default"
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="seconds this request may take in all, queue included (default --request_timeout)"
+    )
+    use_refiner: bool | None = Field(
+        None, description="false skips the server's refiner for this request (text2img, img2img)"
+    )
+    high_noise_frac: float | None = Field(
+        None, gt=0, lt=1, description="ensemble of experts: fraction of steps the base runs before the refiner"
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator(*_SERVER_LIMITED)
+    @classmethod
+    def _within_server_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limit = getattr(_limits(info), _SERVER_LIMITED[info.field_name])
+        if value is not None and value > limit:
+            raise ValueError(f"must be between 1 and {limit}")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_within_limit(cls, value: float | None, info: ValidationInfo) -> float | None:
+        limit = _limits(info).request_timeout
+        if value is not None and value > limit:
+            raise ValueError(f"must be at most {limit:g} seconds (the server's --request_timeout)")
+        return value
+
+    @field_validator("height", "width", "video_height", "video_width")
+    @classmethod
+    def _side_within_limit(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_side
+        if not MIN_SIDE <= value <= limit:
+            raise ValueError(f"must be between {MIN_SIDE} and {limit}")
+        return value
+
+
+FIELD_NAMES = tuple(GenerationRequest.model_fields)
+
+
+def shown(value: Any) -> str:
+    """A client value for an error message: JSON-like, at most 80 characters."""
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None), list, dict)) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_UNION_TAGS = ("str", "bytes")
+_BOUND_WORDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def _range_text(name: str, model: type[BaseModel]) -> str:
+    metadata = model.model_fields[name].metadata
+    bounds = {attr: getattr(c, attr) for c in metadata for attr, _ in _BOUND_WORDS if hasattr(c, attr)}
+    return " and ".join(f"{words} {bounds[attr]}" for attr, words in _BOUND_WORDS if attr in bounds)
+
+
+def describe_error(error: dict[str, Any], model: type[BaseModel] = GenerationRequest) -> str:
+    """One pydantic error of `model` as '<field>: <what is wrong>, got <value>'."""
+    loc = error["loc"]
+    kind = error["type"]
+    value = error.get("input")
+    if len(loc) == 2 and loc[1] in _UNION_TAGS:  # `str | bytes` fields: one message, not one per member
+        loc = loc[:1]
+        if kind in ("string_type", "bytes_type"):
+            return f"{loc[0]}: must be a string, got {shown(value)}"
+    field = ".".join(str(part) for part in loc) or "request"
+    if kind == "extra_forbidden":
+        return f"{field}: unknown field (allowed: {', '.join(model.model_fields)})"
+    if kind == "missing":
+        return f"{field}: required field is missing"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        problem = f"must be {_range_text(field, model)}"
+    elif kind in ("string_too_short", "bytes_too_short", "too_short"):
+        problem = "must not be empty"
+    elif kind == "string_too_long":
+        problem = f"must be at most {error['ctx']['max_length']} characters"
+    elif kind == "value_error":
+        problem = str(error["ctx"]["error"])
+    elif kind == "literal_error":
+        problem = f"must be one of {error['ctx']['expected']}"
+    else:
+        problem = error["msg"][0].lower() + error["msg"][1:]
+    if kind == "string_too_long" and isinstance(value, str):
+        return f"{field}: {problem}, got {len(value)} characters"
+    return f"{field}: {problem}, got {shown(value)}"
+
+
+def parse_request(data: Any, limits: Limits) -> GenerationRequest:
+    """Validate one instance; raise RequestError (400) naming every bad field."""
+    if not isinstance(data, dict):
+        raise RequestError("instance", f"expected a JSON object of parameters, got {shown(data)}")
+    try:
+        return GenerationRequest.model_validate(data, context=limits)
+    except ValidationError as exc:
+        messages = [describe_error(error) for error in exc.errors(include_url=False)]
+        raise RequestErrors(list(dict.fromkeys(messages))) from None
+
+
+def fill(request: GenerationRequest, **values: Any) -> GenerationRequest:
+    """The request with server-chosen `values`; `model_fields_set` still means "sent by the client"."""
+    filled = request.model_copy(update=values)
+    filled.__pydantic_fields_set__.intersection_update(request.model_fields_set)
+    return filled
+
+
+def with_defaults(request: GenerationRequest, limits: Limits, **defaults: Any) -> GenerationRequest:
+    """Fill the fields the client left out with the family's `defaults`, lowered to the server's limits
+    (a request that names no step count never fails because the operator set --max_steps low)."""
+    given = request.model_fields_set
+    values = {name: value for name, value in defaults.items() if name not in given or getattr(request, name) is None}
+    for name in values.keys() & _SERVER_LIMITED.keys():
+        values[name] = min(values[name], getattr(limits, _SERVER_LIMITED[name]))
+    return fill(request, **values)
+
+
+def _v2_kind(annotation: Any) -> str:
+    members = [t for t in (get_args(annotation) or (annotation,)) if t is not NoneType]
+    if bytes in members:
+        return "bytes"
+    (base,) = members
+    return "string" if get_origin(base) is Literal else {str: "string", int: "int", float: "float", bool: "bool"}[base]
+
+
+# The v2 value kind of each request field ('string', 'bytes', 'int', 'float' or 'bool'), worked out once.
+FIELD_KINDS: dict[str, str] = {name: _v2_kind(f.annotation) for name, f in GenerationRequest.model_fields.items()}
+# Fields that hold file bytes (v2 BYTES tensors may carry the raw file).
+FILE_FIELDS = tuple(name for name, kind in FIELD_KINDS.items() if kind == "bytes")

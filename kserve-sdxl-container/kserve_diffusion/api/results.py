@@ -1,0 +1,62 @@
+"""What a generation produced, encoded as files: the result every protocol adapter turns into its answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL.Image import Image
+
+from .. import media
+from .request import GenerationRequest
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a client needs to know about a returned video."""
+
+    num_frames: int
+    fps: int
+    width: int
+    height: int
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What one generation produced, encoded: image files, or one video file with its VideoInfo."""
+
+    task_type: str
+    seed: int
+    files: list[bytes]
+    output_format: str
+    width: int
+    height: int
+    video: VideoInfo | None = None
+
+    @property
+    def content_type(self) -> str:
+        """The MIME type of the files."""
+        return media.content_type(self.output_format)
+
+
+def encode_result(
+    request: GenerationRequest,
+    seed: int,
+    output: list[Image] | media.Video,
+    png_compress_level: int = media.DEFAULT_PNG_COMPRESS_LEVEL,
+) -> GenerationResult:
+    """Encode a runner's output as the request asks (CPU work: call it off the event loop)."""
+    assert request.task_type is not None and request.output_format is not None
+    encoding = media.Encoding(
+        request.output_format,
+        request.quality if request.quality is not None else media.DEFAULT_QUALITY,
+        png_compress_level,
+    )
+    task, file_format = request.task_type, request.output_format
+    if isinstance(output, media.Video):
+        height, width = output.frames.shape[1:3]
+        info = VideoInfo(len(output.frames), output.fps, width, height, round(output.duration_seconds, 3))
+        return GenerationResult(task, seed, [media.encode_video(output, encoding)], file_format, width, height, info)
+    width, height = output[0].size
+    files = [media.encode_image(image, encoding) for image in output]
+    return GenerationResult(task, seed, files, file_format, width, height)

@@ -1,0 +1,290 @@
+"""Every server setting, declared once: a `ServerConfig` field with its type, default, help and bounds.
+
+The command-line parser, the environment variable names, the `.env` reading, the limits objects and
+`docs/configuration.md` are all derived from these fields (see `parsing.py` and `reference.py`).
+A field without `setting(...)` metadata is resolved at startup, not set by a flag.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from functools import cache
+from types import NoneType, UnionType
+from typing import Any
+
+MODEL_TYPES = ("sdxl", "flux", "wan")
+DEVICES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload", "cpu")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+FLUX_VARIANTS = ("auto", "dev", "schnell")
+COMPILE_MODES = ("none", "regional", "full")
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """Parse true/false/1/0/yes/no/on/off; anything else is an error (unlike `type=bool`)."""
+    value = str(text).strip().lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected true/false/1/0, got {text!r}")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The allowed values of a setting: choices, or a numeric range."""
+
+    choices: Sequence[str] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False  # "more than minimum" rather than "at least"
+
+
+def setting(
+    default: Any,
+    help: str,  # noqa: A002 - the word argparse and the docs use
+    *,
+    choices: Sequence[str] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    default_text: str | None = None,
+) -> Any:
+    """A ServerConfig field that is also a flag (--NAME), an environment variable (NAME upper-cased) and a
+    `.env` entry. `default_text` describes a default that is worked out at startup (shown instead of None)."""
+    bounds = Bounds(choices, minimum, maximum, exclusive_minimum)
+    return field(default=default, metadata={"setting": {"help": help, "bounds": bounds, "default_text": default_text}})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server needs, typed and resolved once at startup."""
+
+    model_type: str = setting("sdxl", "model family to serve", choices=MODEL_TYPES)
+    model_id: str = setting("/mnt/models", "local diffusers folder or Hugging Face hub id")
+    single_file_model: str | None = setting(
+        None, "base weights as one .safetensors checkpoint (FLUX: the transformer only, the rest from --model_id)"
+    )
+    single_file_config: str | None = setting(
+        None, "local diffusers-format folder with the configs and tokenizers for --single_file_model (offline)"
+    )
+    use_refiner: bool | None = setting(
+        None, "load the SDXL refiner", default_text="true when a refiner id or file is given"
+    )
+    refiner_id: str | None = setting(None, "refiner diffusers folder or hub id")
+    refiner_single_file_model: str | None = setting(None, "refiner as one checkpoint file")
+    refiner_single_file_config: str | None = setting(
+        None, "local diffusers-format config folder for --refiner_single_file_model (offline)"
+    )
+    inpaint_model_id: str | None = setting(
+        None,
+        "dedicated SDXL inpainting model: diffusers folder, hub id or single .safetensors file; only its UNet is "
+        "used, the text encoders and VAE are the base's",
+        default_text="inpainting runs on the base model's modules",
+    )
+    inpaint_single_file_config: str | None = setting(
+        None, "local diffusers-format config folder when --inpaint_model_id is a single file (offline)"
+    )
+    allow_private_image_urls: bool = setting(
+        False,
+        "let image_url/mask_url reach private, loopback and link-local addresses (in-cluster object stores); "
+        "metadata endpoints stay refused",
+    )
+    max_image_bytes: int = setting(
+        20_000_000, "largest input image file in bytes (URL, base64 or v2 tensor)", minimum=1
+    )
+    max_image_pixels: int = setting(40_000_000, "largest input image in pixels, checked before decoding", minimum=1)
+    image_fetch_timeout: float = setting(
+        10.0,
+        "seconds an image_url download may take in all (connect, redirects, body)",
+        minimum=0,
+        exclusive_minimum=True,
+    )
+    device: str | None = setting(
+        None, "where the model runs", choices=DEVICES, default_text="cuda when available, else cpu"
+    )
+    dtype: str = setting(
+        "auto",
+        "weights dtype; auto: float16 (SDXL) or bfloat16 (FLUX, Wan) on CUDA, float32 on CPU",
+        choices=DTYPES,
+    )
+    flux_variant: str = setting(
+        "auto",
+        "FLUX.1 variant, which sets the request defaults; auto: dev when the transformer has guidance "
+        "embeddings, schnell when not",
+        choices=FLUX_VARIANTS,
+    )
+    video_model_id: str | None = setting(
+        None, "Wan2.1 text-to-video diffusers folder or hub id served beside the image model (one endpoint)"
+    )
+    flow_shift: float | None = setting(
+        None,
+        "Wan scheduler flow shift",
+        minimum=0,
+        exclusive_minimum=True,
+        default_text="3.0 for 480p, 5.0 for 720p and up, per request",
+    )
+    max_frames: int = setting(81, "most video frames a request may ask for", minimum=1)
+    max_video_pixels: int = setting(
+        81 * 1280 * 720, "largest num_frames x video_width x video_height of one request (81 frames of 720p)", minimum=1
+    )
+    compile: str = setting(
+        "none",
+        "torch.compile the UNet/transformer: regional compiles its repeated blocks (fast to compile), full the "
+        "whole module; compiled by the warm-up before ready",
+        choices=COMPILE_MODES,
+    )
+    fuse_qkv: bool = setting(False, "fuse the attention query/key/value projections")
+    channels_last: bool = setting(False, "channels_last memory format for the UNet and 2D VAEs")
+    warmup: bool | None = setting(
+        None,
+        "run one small generation per task before reporting ready",
+        default_text="true with --compile, else false",
+    )
+    encode_threads: int = setting(
+        2,
+        "threads encoding PNG/JPEG/WebP/MP4 beside the accelerator thread; 0 encodes on the accelerator thread",
+        minimum=0,
+    )
+    vae_tiling: bool = setting(False, "decode with a tiled VAE: less memory for large outputs")
+    vae_slicing: bool = setting(False, "decode batches one item at a time: less memory")
+    png_compress_level: int = setting(
+        1,
+        "zlib level of returned PNGs: 1 is several times faster than Pillow's 6 for 10-20 percent more bytes",
+        minimum=0,
+        maximum=9,
+    )
+    max_num_images: int = setting(4, "most images one generation may ask for", minimum=1)
+    max_steps: int = setting(
+        150, "most denoising steps a request may ask for; a family default above it is lowered to it", minimum=1
+    )
+    max_side: int = setting(2048, "largest width or height in pixels", minimum=1)
+    max_pixels: int = setting(2048 * 2048, "largest width x height", minimum=1)
+    max_instances: int = setting(4, "most v1 instances in one request", minimum=1)
+    max_queue_size: int = setting(
+        8,
+        "most requests waiting behind the running generation; more are refused with 503 and Retry-After",
+        minimum=1,
+    )
+    request_timeout: float = setting(
+        600.0,
+        "seconds a request may take in all (queue and generation) and the most its `timeout` may ask",
+        minimum=0,
+        exclusive_minimum=True,
+    )
+    shutdown_grace_seconds: float = setting(
+        30.0,
+        "on SIGTERM, seconds the running and queued requests get to finish before they are stopped",
+        minimum=0,
+        exclusive_minimum=True,
+    )
+    # Resolved at startup, not flags of ours:
+    model_name: str = "sdxl"  # KServe's --model_name
+    video_dtype: str = "float32"  # the dtype of a --video_model_id model (--dtype auto resolves per family)
+    hf_token: str | None = field(default=None, repr=False)  # a secret: never printed
+    configure_logging: bool = True
+    log_config_file: str | None = None
+    model_server: Mapping[str, Any] = field(default_factory=dict)  # KServe flags for kserve.ModelServer
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared setting, as the parser and the docs see it."""
+
+    name: str
+    kind: type  # str, int, float or bool
+    default: Any
+    help: str
+    bounds: Bounds
+    default_text: str | None
+
+    @property
+    def env(self) -> str:
+        """Its environment variable (and `.env` key)."""
+        return self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        """Its command-line flag."""
+        return f"--{self.name}"
+
+    def describe_default(self) -> str:
+        """The default as a person reads it."""
+        if self.default_text is not None:
+            return self.default_text
+        if self.default is None:
+            return "none"
+        if isinstance(self.default, bool):
+            return str(self.default).lower()
+        if isinstance(self.default, float) and self.default.is_integer():
+            return str(int(self.default))
+        return str(self.default)
+
+    def describe_allowed(self) -> str:
+        """The allowed values as a person reads them ('' when any text is)."""
+        bounds = self.bounds
+        if bounds.choices:
+            return ", ".join(bounds.choices)
+        if self.kind is bool:
+            return "true, false"
+        if bounds.minimum is None:
+            return ""
+        low = f"{'more than' if bounds.exclusive_minimum else 'at least'} {_number(bounds.minimum)}"
+        if bounds.maximum is not None:
+            return f"{_number(bounds.minimum)} to {_number(bounds.maximum)}"
+        return low
+
+    def parse(self, text: str) -> Any:
+        """The typed value of `text`; ValueError naming what is allowed otherwise."""
+        if self.kind is bool:
+            return parse_bool(text)
+        if self.kind is str:
+            if self.bounds.choices and text not in self.bounds.choices:
+                raise ValueError(f"expected one of {', '.join(self.bounds.choices)}, got {text!r}")
+            return text
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if self.kind is int else 'a number'}, got {text!r}") from None
+        bounds = self.bounds
+        too_low = bounds.minimum is not None and (
+            value <= bounds.minimum if bounds.exclusive_minimum else value < bounds.minimum
+        )
+        too_high = bounds.maximum is not None and value > bounds.maximum
+        if too_low or too_high or value != value:  # NaN is never in range
+            raise ValueError(f"expected {self.describe_allowed()}, got {text!r}")
+        return value
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _base_type(annotation: Any) -> type:
+    if isinstance(annotation, UnionType) or typing.get_origin(annotation) is typing.Union:
+        (member,) = [t for t in typing.get_args(annotation) if t is not NoneType]
+        return member
+    return annotation
+
+
+@cache
+def settings() -> tuple[Setting, ...]:
+    """The declared settings, in declaration order."""
+    hints = typing.get_type_hints(ServerConfig)
+    found = []
+    for item in fields(ServerConfig):
+        meta = item.metadata.get("setting")
+        if meta is not None:
+            kind = _base_type(hints[item.name])
+            found.append(Setting(item.name, kind, item.default, meta["help"], meta["bounds"], meta["default_text"]))
+    return tuple(found)
+
+
+def defaults(**overrides: Any) -> ServerConfig:
+    """A ServerConfig of the declared defaults resolved as on a CPU machine, with `overrides` (for tools and
+    tests that build a configuration without parsing one)."""
+    resolved = {"device": "cpu", "dtype": "float32", "use_refiner": False, "warmup": False}
+    return ServerConfig(**{**resolved, **overrides})

@@ -1,0 +1,42 @@
+"""Model family registry: the one place that maps --model_type (and --video_model_id) to loading code."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..config import ServerConfig
+from ..errors import ConfigError
+from . import flux, sdxl, wan
+from .base import Family, Runner, StepObserver
+from .combined import CombinedRunner
+
+FAMILIES: dict[str, Family] = {
+    "sdxl": Family("sdxl", "Stable Diffusion XL (base, optional refiner)", load=sdxl.load),
+    "flux": Family("flux", "FLUX.1 (dev or schnell)", load=flux.load),
+    "wan": Family("wan", "Wan2.1 text-to-video", load=wan.load),
+}
+
+
+def get_family(name: str) -> Family:
+    """The family called `name`, or a ConfigError listing the known ones."""
+    family = FAMILIES.get(name)
+    if family is None:
+        raise ConfigError(f"--model_type: expected one of {', '.join(FAMILIES)}, got {name!r}")
+    return family
+
+
+def serving_family(config: ServerConfig) -> Family:
+    """What this server loads: --model_type's family, plus Wan video beside it with --video_model_id."""
+    family = get_family(config.model_type)
+    if not config.video_model_id:
+        return family
+    image_load = family.load
+
+    def load_both(config: ServerConfig) -> Runner:
+        video = wan.load(config, config.video_model_id, "--video_model_id")
+        return CombinedRunner(image_load(config), video)
+
+    return replace(family, title=f"{family.title} + Wan2.1 text-to-video", load=load_both)
+
+
+__all__ = ["FAMILIES", "CombinedRunner", "Family", "Runner", "StepObserver", "get_family", "serving_family"]

@@ -1,0 +1,48 @@
+"""Device modes and dtypes: one registry entry per --device value."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import DiffusionPipeline
+
+from ..config import ServerConfig
+from ..errors import ConfigError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
+
+# How each --device value places a pipeline. The offload modes keep weights in CPU memory and
+# move them to the GPU per model (model offload) or per layer (sequential offload).
+PLACEMENTS: dict[str, Callable[[DiffusionPipeline], object]] = {
+    "cuda": lambda pipeline: pipeline.to("cuda"),
+    "enable_model_cpu_offload": lambda pipeline: pipeline.enable_model_cpu_offload(),
+    "enable_sequential_cpu_offload": lambda pipeline: pipeline.enable_sequential_cpu_offload(),
+    "cpu": lambda pipeline: pipeline.to("cpu"),
+}
+
+
+def check_device(mode: str) -> None:
+    """Fail at startup when a CUDA mode is asked for on a machine without CUDA."""
+    if mode != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"--device: {mode} needs a CUDA GPU and none is available; use --device cpu")
+
+
+def apply_vae_options(pipeline: DiffusionPipeline, config: ServerConfig) -> None:
+    """Tiled / sliced VAE decoding when --vae_tiling / --vae_slicing ask for it (less memory, a bit slower)."""
+    vae = getattr(pipeline, "vae", None)
+    if vae is None:
+        return
+    if config.vae_tiling:
+        vae.enable_tiling()
+    if config.vae_slicing:
+        vae.enable_slicing()
+
+
+def place(pipeline: DiffusionPipeline, mode: str) -> None:
+    """Put `pipeline` where --device says."""
+    PLACEMENTS[mode](pipeline)

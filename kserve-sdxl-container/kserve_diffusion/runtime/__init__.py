@@ -1,0 +1,1 @@
+"""The generation core: the service every protocol calls, its accelerator worker, request control, metrics."""

@@ -1,0 +1,252 @@
+"""The protocol-free generation core: admission, validation, input loading, the accelerator worker,
+encoding, errors and metrics. Every protocol adapter (v1, v2 REST and gRPC, OpenAI) calls `generate`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import torch
+
+from ..api.inputs import InputImages
+from ..api.request import TASK_TYPES, GenerationRequest, Limits, fill, parse_request
+from ..api.results import GenerationResult, encode_result
+from ..config import ServerConfig
+from ..errors import GenerationFailed, OutOfMemory, RequestError, ServingError, ShuttingDown
+from ..pipelines import Family, Runner
+from . import metrics
+from .control import CLIENT_DISCONNECTED, RequestControl
+from .inputs import InputLoader, InputPolicy
+from .worker import AcceleratorOutOfMemory, GenerationWorker
+
+logger = logging.getLogger("kserve.diffusion")
+RANDOM_SEED_RANGE = 2**32
+
+
+def request_id(given: str | None) -> str:
+    """The caller's request id (x-request-id), else a fresh one: it ties the log lines of one request together."""
+    return given or uuid.uuid4().hex[:16]
+
+
+def _memory_advice(request: GenerationRequest) -> str:
+    """What to make smaller after an out-of-memory error, for this kind of request."""
+    if request.task_type == "text2video":
+        return (
+            f"{request.num_frames} frames of {request.video_width}x{request.video_height}: "
+            "send fewer num_frames or a smaller video_width/video_height"
+        )
+    return (
+        f"{request.num_images} image(s) of {request.width}x{request.height}: "
+        "send a smaller width/height or fewer num_images"
+    )
+
+
+class GenerationService:
+    """One served model: loads its family once, then validates and generates requests on one accelerator
+    thread, never blocking the event loop."""
+
+    def __init__(self, config: ServerConfig, family: Family):
+        self.name = config.model_name
+        self.config = config
+        self.family = family
+        self.limits = Limits.from_config(config)
+        self.runner: Runner | None = None
+        self.inputs: InputLoader | None = None
+        self.worker = GenerationWorker(config.max_queue_size)
+        # Finished images and frames are encoded here, so the accelerator thread takes the next request at
+        # once; with --encode_threads 0 the accelerator thread encodes them itself.
+        self.encoder = (
+            ThreadPoolExecutor(config.encode_threads, thread_name_prefix="encode") if config.encode_threads else None
+        )
+        self.ready = False  # loaded and not draining: what readiness reports
+        self.draining = False
+        self._active: set[RequestControl] = set()
+        metrics.QUEUE_LENGTH.set_function(lambda: self.worker.waiting)
+
+    def load(self) -> bool:
+        """Load the pipelines exactly once; ready only afterwards."""
+        if self.runner is None:
+            started = time.perf_counter()
+            self.runner = self.family.load(self.config)
+            self.inputs = InputLoader(InputPolicy.from_config(self.config), self.limits, self.runner.size_multiple)
+            if self.config.warmup:
+                self._warm_up()
+            logger.info(
+                "model %r (%s) loaded in %.1fs on %s as %s",
+                self.name,
+                self.family.title,
+                time.perf_counter() - started,
+                self.config.device,
+                self.config.dtype,
+            )
+        self.ready = True
+        return self.ready
+
+    def _warm_up(self) -> None:
+        """One small generation per default task, on the accelerator thread, before the server is ready: it
+        compiles (--compile), sets up CUDA kernels and caches, so no user request pays for that."""
+        assert self.runner is not None
+        runner = self.runner
+        tasks = dict.fromkeys(task for task in (runner.default_task, "text2video") if task in runner.tasks)
+        for task in tasks:
+            request = runner.check(parse_request({"prompt": "warm-up", "task_type": task}, self.limits), self.limits)
+            request = fill(request, num_inference_steps=min(2, request.num_inference_steps or 2))
+            started = time.perf_counter()
+            self.worker.call(partial(runner.generate, request, 0))
+            logger.info("warm-up %s took %.1fs", task, time.perf_counter() - started)
+
+    def stop(self) -> None:
+        """Let the running generation finish, then stop the worker thread and the encode pool."""
+        self.ready = False
+        self.worker.shutdown()
+        if self.encoder is not None:
+            self.encoder.shutdown(wait=True)
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Shutdown, first part: not ready at once, new requests refused; the admitted ones get up to
+        `grace_seconds` to finish, then are stopped (queued: dropped; running: at the next step)."""
+        self.draining = True
+        self.ready = False
+        logger.info("draining: %d request(s) in flight get up to %gs to finish", len(self._active), grace_seconds)
+        deadline = time.monotonic() + grace_seconds
+        while self._active and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if self._active:
+            logger.warning("grace period over: stopping %d request(s)", len(self._active))
+            for control in list(self._active):
+                control.cancel(ShuttingDown, "the server is shutting down")
+            while self._active:
+                await asyncio.sleep(0.1)
+        logger.info("drained")
+
+    def tasks(self) -> tuple[str, ...]:
+        """The task types the loaded pipelines serve (none before loading)."""
+        return self.runner.tasks if self.runner else ()
+
+    async def generate(
+        self,
+        instances: list[Any],
+        request_id: str,
+        check: Callable[[GenerationRequest], None] | None = None,
+    ) -> list[GenerationResult]:
+        """Generate each instance (a dict of request fields) in turn, after validating all of them and loading
+        their input images; `check` adds a protocol's own rule (run on each validated request)."""
+        assert self.inputs is not None, "load() first"
+        with self._admitted():
+            checked = [self._checked(instance) for instance in instances]
+            for request in checked:
+                if check is not None:
+                    check(request)
+            jobs = [await self.inputs.load(request) for request in checked]
+            return [await self._generate(request, inputs, request_id) for request, inputs in jobs]
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """Refuse new requests while draining; count the admitted ones in flight."""
+        if self.draining:
+            metrics.count("unknown", ShuttingDown.outcome)
+            raise ShuttingDown("the server is shutting down; another replica (or a retry) will take the request")
+        metrics.IN_FLIGHT.inc()
+        try:
+            yield
+        finally:
+            metrics.IN_FLIGHT.dec()
+
+    def _checked(self, instance: Any) -> GenerationRequest:
+        """The validated request (family rules applied); a RequestError is counted as invalid."""
+        assert self.runner is not None
+        try:
+            return self.runner.check(parse_request(instance, self.limits), self.limits)
+        except RequestError:
+            task = instance.get("task_type") if isinstance(instance, dict) else None
+            metrics.count(task if task in TASK_TYPES else "unknown", "invalid")
+            raise
+
+    async def _generate(self, request: GenerationRequest, inputs: InputImages, request_id: str) -> GenerationResult:
+        assert self.runner is not None and request.task_type is not None
+        task = request.task_type
+        seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
+        control = RequestControl(request_id, request.timeout or self.config.request_timeout)
+        self._active.add(control)
+        job = partial(self._run, request, seed, inputs)
+        try:
+            timed = await self.worker.run(job, control, CLIENT_DISCONNECTED.get())
+        except ServingError as exc:
+            metrics.count(task, exc.outcome)
+            logger.warning("request=%s task=%s %s: %s", request_id, task, exc.outcome, exc)
+            raise
+        except AcceleratorOutOfMemory as exc:
+            metrics.count(task, OutOfMemory.outcome)
+            logger.error("request=%s task=%s out of memory: %s", request_id, task, exc)
+            raise OutOfMemory(
+                f"out of memory generating {_memory_advice(request)} (the server has freed the memory and "
+                "keeps serving)"
+            ) from None
+        except Exception as exc:
+            metrics.count(task, "error")
+            logger.exception("request %s failed during generation", request_id)
+            raise GenerationFailed(
+                f"generation failed ({type(exc).__name__}); the server log has details under request id {request_id}"
+            ) from None
+        finally:
+            self._active.discard(control)
+        if self.encoder is None:
+            result = timed.value  # encoded on the accelerator thread
+        else:
+            encode = partial(encode_result, request, seed, timed.value, self.config.png_compress_level)
+            result = await asyncio.get_running_loop().run_in_executor(self.encoder, encode)
+        self._record(request, control, timed.queue_wait, timed.run_time, result)
+        logger.info(
+            "request=%s task=%s size=%dx%d steps=%d %s scheduler=%s seed=%d queue_wait=%.3fs generation=%.3fs",
+            request_id,
+            task,
+            result.width,
+            result.height,
+            request.num_inference_steps,
+            f"frames={result.video.num_frames}" if result.video else f"images={len(result.files)}",
+            request.scheduler,
+            seed,
+            timed.queue_wait,
+            timed.run_time,
+        )
+        return result
+
+    def _run(self, request: GenerationRequest, seed: int, inputs: InputImages, control: RequestControl) -> Any:
+        """The accelerator-thread job: generate, measuring the peak accelerator memory (and encode, with
+        --encode_threads 0)."""
+        assert self.runner is not None
+        on_cuda = self.config.device != "cpu" and torch.cuda.is_available()
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        output = self.runner.generate(request, seed, inputs, control)
+        metrics.PEAK_MEMORY.set(torch.cuda.max_memory_allocated() if on_cuda else 0)
+        if self.encoder is None:
+            return encode_result(request, seed, output, self.config.png_compress_level)
+        return output
+
+    @staticmethod
+    def _record(
+        request: GenerationRequest,
+        control: RequestControl,
+        queue_wait: float,
+        run_time: float,
+        result: GenerationResult,
+    ) -> None:
+        task = request.task_type or "unknown"
+        metrics.count(task, "ok")
+        metrics.QUEUE_WAIT.labels(task=task).observe(queue_wait)
+        metrics.GENERATION_TIME.labels(task=task).observe(run_time)
+        metrics.STEPS.labels(task=task).inc(control.steps)
+        metrics.STEPS_PER_SECOND.set(control.steps / run_time if run_time > 0 else 0)
+        if result.video is not None:
+            metrics.VIDEO_FRAMES.inc(result.video.num_frames)
+        else:
+            metrics.IMAGES.inc(len(result.files))

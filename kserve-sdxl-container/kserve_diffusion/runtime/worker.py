@@ -1,0 +1,155 @@
+"""The one thread that owns the accelerator: a bounded first-in first-out queue, one job at a time.
+
+A request that finds the queue full is refused at once (503 with a Retry-After estimate); one whose
+deadline passes or whose client leaves while it waits is dropped without running; one that is running
+stops at its next denoising step (its RequestControl raises there). A failed job never stops the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import torch
+
+from ..errors import ClientGone, DeadlineExceeded, ServerBusy
+from .control import RequestControl
+
+T = TypeVar("T")
+logger = logging.getLogger("kserve.diffusion")
+RECENT_RUNS = 8  # generation times kept for the Retry-After estimate
+
+
+@dataclass(frozen=True)
+class Timed(Generic[T]):
+    """A job's result with how long it waited in the queue and how long it ran."""
+
+    value: T
+    queue_wait: float
+    run_time: float
+
+
+class AcceleratorOutOfMemory(Exception):
+    """A job ran out of memory; the worker has already freed what it could."""
+
+
+def free_memory() -> None:
+    """Give back what a failed generation left: Python garbage and PyTorch's cached CUDA blocks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class GenerationWorker:
+    """Runs jobs on a single dedicated thread, at most `max_queue` waiting behind the running one."""
+
+    def __init__(self, max_queue: int) -> None:
+        # One thread: the executor's queue gives FIFO order and the thread survives any job's error.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accelerator")
+        self.max_queue = max_queue
+        self._lock = threading.Lock()
+        self.waiting = 0  # admitted, not started
+        self.running = 0  # 0 or 1
+        self._recent: deque[float] = deque([1.0], maxlen=RECENT_RUNS)
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free: the jobs ahead times the recent mean generation time."""
+        mean = sum(self._recent) / len(self._recent)
+        return max(1, math.ceil((self.waiting + self.running) * mean))
+
+    def _admit(self, control: RequestControl) -> None:
+        with self._lock:
+            if self.waiting >= self.max_queue:
+                raise ServerBusy(
+                    f"the queue is full ({self.max_queue} requests wait behind the running one); "
+                    f"retry after about {self.retry_after()} s",
+                    self.retry_after(),
+                )
+            position = self.waiting + self.running
+            self.waiting += 1
+        if position:
+            logger.info("request=%s waits at queue position %d", control.request_id, position)
+
+    def _start(self) -> None:
+        with self._lock:
+            self.waiting -= 1
+            self.running = 1
+
+    async def run(
+        self, job: Callable[[RequestControl], T], control: RequestControl, disconnected: asyncio.Event | None = None
+    ) -> Timed[T]:
+        """Queue `job`; await its result without blocking the event loop. Raises ServerBusy when the queue is
+        full; DeadlineExceeded or ClientGone (once `disconnected` is set) at once while it waits, and at the
+        next step while it runs; AcceleratorOutOfMemory after freeing memory."""
+        self._admit(control)
+        submitted = time.perf_counter()
+
+        def timed() -> Timed[T]:
+            self._start()
+            try:
+                control.check(f"after waiting {time.perf_counter() - submitted:.1f} s in the queue")
+                started = time.perf_counter()
+                try:
+                    value = job(control)
+                except (torch.OutOfMemoryError, MemoryError) as exc:
+                    free_memory()
+                    raise AcceleratorOutOfMemory(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+                run_time = time.perf_counter() - started
+                self._recent.append(run_time)
+                return Timed(value, started - submitted, run_time)
+            finally:
+                with self._lock:
+                    self.running = 0
+
+        future = self._executor.submit(timed)
+        result = asyncio.wrap_future(future)
+        left = asyncio.ensure_future(disconnected.wait()) if disconnected is not None else None
+        try:
+            waits = {result, left} if left is not None else {result}
+            done, _ = await asyncio.wait(
+                waits, timeout=max(control.remaining(), 0), return_when=asyncio.FIRST_COMPLETED
+            )
+            if result in done:
+                return result.result()
+            if left is not None and left in done:
+                control.cancel(ClientGone, "the client disconnected")
+                stop: Exception = ClientGone("the client disconnected while the request waited in the queue")
+            else:
+                stop = DeadlineExceeded(
+                    f"the request's {control.timeout:g} s timeout passed while it waited in the queue; it did not run"
+                )
+            if self._drop(future):
+                raise stop
+            # Running: it stops at its next denoising step, raising what `control` says.
+            return await result
+        except asyncio.CancelledError:
+            control.cancel(ClientGone, "the request was cancelled")
+            self._drop(future)
+            raise
+        finally:
+            if left is not None:
+                left.cancel()
+
+    def call(self, job: Callable[[], T]) -> T:
+        """Run `job` on the accelerator thread and wait for it (startup work such as the warm-up)."""
+        return self._executor.submit(job).result()
+
+    def _drop(self, future: Future) -> bool:
+        if future.cancel():
+            with self._lock:
+                self.waiting -= 1
+            return True
+        return False
+
+    def shutdown(self) -> None:
+        """Finish the running job and the queued ones, then stop the thread."""
+        self._executor.shutdown(wait=True)

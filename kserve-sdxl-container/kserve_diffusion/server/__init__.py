@@ -1,0 +1,1 @@
+"""Protocol adapters around the GenerationService: KServe v1/v2 (REST, gRPC), OpenAI routes, ASGI middleware."""

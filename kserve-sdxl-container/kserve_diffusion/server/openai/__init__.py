@@ -1,0 +1,1 @@
+"""The OpenAI-compatible routes under /openai/v1 (KServe's OpenAI prefix)."""

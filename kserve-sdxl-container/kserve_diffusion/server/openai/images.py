@@ -1,0 +1,254 @@
+"""OpenAI Images API over the served model: `/openai/v1/images/generations`, `/images/edits`, `/models`.
+
+OpenAI's parameters are translated to GenerationRequest fields, our own fields arrive as extra body
+fields (the SDKs' `extra_body`), and every answer, errors included, has OpenAI's shape. Generation goes
+through the same DiffusionModel path as v1 and v2: same checks, queue, deadlines and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import Annotated, Any, Literal, Protocol
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse
+
+from ... import media
+from ...api.request import FIELD_KINDS, MAX_PROMPT_CHARS
+from ...api.results import GenerationResult
+from ...config import parse_bool
+from ...runtime.service import request_id
+from .schemas import (
+    ERRORS,
+    ImageData,
+    ImageGenerationRequest,
+    ImagesResponse,
+    ModelCard,
+    ModelList,
+    OpenAIError,
+    OpenAIRoute,
+)
+
+PREFIX = "/openai/v1"
+_SIZE = re.compile(r"(?P<width>\d+)x(?P<height>\d+)")
+# Our fields the endpoint sets from OpenAI parameters: sent as extra fields they are a 400 naming the right one.
+_SET_BY_ENDPOINT = {
+    "num_images": "send n",
+    "width": "send size",
+    "height": "send size",
+    "task_type": "the endpoint sets it: generations is text2img, edits is img2img or inpaint",
+    "image": "send it to /openai/v1/images/edits as the multipart file `image`",
+    "image_url": "send the image to /openai/v1/images/edits as the multipart file `image`",
+    "mask": "send it to /openai/v1/images/edits as the multipart file `mask`",
+    "mask_url": "send the mask to /openai/v1/images/edits as the multipart file `mask`",
+}
+# OpenAI parameters of other image models that this server cannot honour.
+_UNSUPPORTED = (
+    "style",
+    "moderation",
+    "partial_images",
+    "input_fidelity",
+    "markup",
+    "svg",
+    "complexity",
+    "frame_count",
+    "frame_duration_ms",
+)
+# The edits form fields the endpoint reads itself; any other field is one of ours (seed, strength, ...).
+_EDIT_FORM_FIELDS = frozenset(
+    {"image", "image[]", "prompt", "mask", "model", "n", "size", "response_format", "output_format"}
+    | {"output_compression", "quality", "background", "user", "safety_identifier", "stream"}
+)
+logger = logging.getLogger("kserve.diffusion")
+
+
+class ServedModel(Protocol):
+    """What the routes need of DiffusionModel."""
+
+    name: str
+    ready: bool
+
+    def tasks(self) -> tuple[str, ...]: ...
+
+    async def generate(self, instances: list[Any], request_id: str) -> list[GenerationResult]: ...
+
+
+def _size(size: str | None) -> dict[str, int]:
+    if size is None or size == "auto":
+        return {}
+    match = _SIZE.fullmatch(size)
+    if match is None:
+        raise OpenAIError(400, f'size: must be "WIDTHxHEIGHT" (e.g. "1024x1024") or "auto", got {size!r}', "size")
+    return {"width": int(match["width"]), "height": int(match["height"])}
+
+
+def _extras(extra: dict[str, Any]) -> dict[str, Any]:
+    """Our fields sent beside OpenAI's, checked against what the endpoint sets itself."""
+    for name, value in extra.items():
+        if name in _UNSUPPORTED and value is not None:
+            raise OpenAIError(400, f"{name}: an OpenAI parameter this server does not support, got {value!r}", name)
+        if name in _SET_BY_ENDPOINT:
+            raise OpenAIError(400, f"{name}: not accepted here ({_SET_BY_ENDPOINT[name]})", name)
+    return {name: value for name, value in extra.items() if name not in _UNSUPPORTED}
+
+
+def _is_true(value: Any) -> bool:
+    try:
+        return value is not None and parse_bool(str(value))
+    except ValueError:
+        return False
+
+
+def _form_value(name: str, text: str) -> Any:
+    """A multipart text field as the type of our field `name` (forms carry only text)."""
+    kind = FIELD_KINDS.get(name)
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise OpenAIError(400, f"{name}: must be a number, got {text!r}", name) from None
+    if kind == "bool":
+        try:
+            return parse_bool(text)
+        except ValueError:
+            raise OpenAIError(400, f"{name}: must be true or false, got {text!r}", name) from None
+    return text
+
+
+async def _file_bytes(upload: UploadFile, name: str, max_bytes: int) -> bytes:
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OpenAIError(400, f"{name}: the file is more than the limit of {max_bytes} bytes", name)
+    if not media.looks_like_image_file(data):
+        raise OpenAIError(400, f"{name}: the file is not a PNG, JPEG or WebP image", name)
+    return data
+
+
+def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRouter:
+    """The OpenAI routes for `model`; input files are limited to `max_image_bytes` and `max_pixels`."""
+    # JSONResponse: KServe's app default (ORJSONResponse) is deprecated for routes with a response model.
+    api = APIRouter(
+        prefix=PREFIX, route_class=OpenAIRoute, tags=["OpenAI Images API"], default_response_class=JSONResponse
+    )
+    started = int(time.time())
+
+    def card() -> ModelCard:
+        return ModelCard(id=model.name, created=started)
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != model.name:
+            raise OpenAIError(
+                404,
+                f"model: the model {name!r} is not served here; this server serves {model.name!r}",
+                "model",
+                "model_not_found",
+            )
+        if not model.ready:
+            raise OpenAIError(503, f"model {model.name!r} is not ready", code="not_ready")
+        if "text2img" not in model.tasks():
+            raise OpenAIError(400, f"model: {model.name!r} generates video only, not images", "model")
+
+    def instance(
+        prompt: str, size: str | None, n: int | None, output_format: str | None, compression: int | None
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {"prompt": prompt, **_size(size)}
+        if n is not None:
+            fields["num_images"] = n
+        if output_format is not None:
+            fields["output_format"] = output_format
+        if compression is not None:
+            fields["quality"] = compression
+        return fields
+
+    @api.get("/models", response_model=ModelList, summary="List the served model")
+    async def list_models() -> ModelList:
+        return ModelList(data=[card()])
+
+    @api.get("/models/{name}", response_model=ModelCard, responses={404: ERRORS[404]}, summary="Describe a model")
+    async def get_model(name: str) -> ModelCard:
+        if name != model.name:
+            raise OpenAIError(404, f"the model {name!r} is not served here", "model", "model_not_found")
+        return card()
+
+    @api.post(
+        "/images/generations",
+        response_model=ImagesResponse,
+        responses=ERRORS,
+        summary="Create images from a prompt (OpenAI Images API)",
+    )
+    async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
+        check_model(body.model)
+        if body.response_format == "url":
+            raise OpenAIError(
+                400,
+                'response_format: "url" is not supported (the server stores no images to link to); use b64_json',
+                "response_format",
+            )
+        fields = instance(body.prompt, body.size, body.n, body.output_format, body.output_compression)
+        fields.update(_extras(body.model_extra or {}))
+        fields["task_type"] = "text2img"
+        return await respond(fields, request, body.user or body.safety_identifier)
+
+    @api.post(
+        "/images/edits",
+        response_model=ImagesResponse,
+        responses=ERRORS,
+        summary="Edit an image (img2img), or repaint its masked area (inpaint), from a prompt",
+    )
+    async def edits(
+        request: Request,
+        image: Annotated[UploadFile, File(description="the input image (PNG, JPEG or WebP)")],
+        prompt: Annotated[str, Form(min_length=1, max_length=MAX_PROMPT_CHARS)],
+        mask: Annotated[
+            UploadFile | None, File(description="where to repaint: transparent pixels (OpenAI's way) or white")
+        ] = None,
+        model_name: Annotated[str | None, Form(alias="model")] = None,
+        n: Annotated[int | None, Form(ge=1)] = None,
+        size: Annotated[str | None, Form(description='"WIDTHxHEIGHT", or "auto" to follow the input image')] = None,
+        response_format: Annotated[Literal["b64_json", "url"] | None, Form()] = None,
+        output_format: Annotated[Literal["png", "jpeg", "webp"] | None, Form()] = None,
+        output_compression: Annotated[int | None, Form(ge=0, le=100)] = None,
+        quality: Annotated[Literal["auto", "standard"] | None, Form()] = None,
+        background: Annotated[Literal["auto", "opaque"] | None, Form()] = None,
+        user: Annotated[str | None, Form()] = None,
+    ) -> ImagesResponse:
+        check_model(model_name)
+        if response_format == "url":
+            raise OpenAIError(400, 'response_format: "url" is not supported; use b64_json', "response_format")
+        form = await request.form()
+        if len(form.getlist("image")) + len(form.getlist("image[]")) > 1:
+            raise OpenAIError(400, "image: one input image per request", "image")
+        if _is_true(form.get("stream")):
+            raise OpenAIError(400, "stream: streaming is not supported", "stream")
+        extra = {key: _form_value(key, str(value)) for key, value in form.items() if key not in _EDIT_FORM_FIELDS}
+        fields = instance(prompt, size, n, output_format, output_compression)
+        fields.update(_extras(extra))
+        fields["image"] = await _file_bytes(image, "image", max_image_bytes)
+        # Without a mask, the image's own transparent pixels mark where to edit (OpenAI's rule).
+        given = await _file_bytes(mask, "mask", max_image_bytes) if mask is not None else None
+        # Decoding the alpha channel is CPU work: off the event loop.
+        loop = asyncio.get_running_loop()
+        converted = await loop.run_in_executor(None, media.transparent_mask, given or fields["image"], max_pixels)
+        if converted is not None or given is not None:
+            fields["mask"] = converted or given
+        return await respond(fields, request, user)
+
+    async def respond(fields: dict[str, Any], request: Request, user: str | None) -> ImagesResponse:
+        rid = request_id(request.headers.get("x-request-id"))
+        if user:
+            logger.info("request=%s openai user=%s", rid, user)
+        [result] = await model.generate([fields], rid)
+        return ImagesResponse(
+            created=int(time.time()),
+            data=[ImageData(b64_json=media.to_base64(file)) for file in result.files],
+            output_format=result.output_format,  # type: ignore[arg-type]
+            size=f"{result.width}x{result.height}",
+            seed=result.seed,
+        )
+
+    return api

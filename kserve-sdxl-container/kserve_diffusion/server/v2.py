@@ -1,0 +1,140 @@
+"""The v2 protocol (REST and gRPC): InferRequest tensors and parameters in, InferResponse out."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
+
+from .. import media
+from ..api.request import FIELD_KINDS, FIELD_NAMES, GenerationRequest
+from ..api.results import GenerationResult
+from ..errors import RequestError
+
+_INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
+V2_DATATYPES = {
+    "string": ("BYTES",),
+    "bytes": ("BYTES",),
+    "int": _INTEGER_TYPES,
+    "float": ("FP16", "FP32", "FP64", *_INTEGER_TYPES),
+    "bool": ("BOOL",),
+}
+_V2_DECLARED = {"string": "BYTES", "bytes": "BYTES", "int": "INT64", "float": "FP32", "bool": "BOOL"}
+# v2 request parameters that steer the protocol itself, not the generation.
+PROTOCOL_PARAMETERS = frozenset({"binary_data_output"})
+
+
+def _scalar(value: Any, kind: str) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if kind == "bytes":  # image files: raw bytes (binary / gRPC) or base64 text (JSON)
+        return value
+    if kind == "string":
+        if isinstance(value, bytes):
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError("BYTES data is not UTF-8 text") from None
+        return value
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    return bool(value)
+
+
+def read_instance(request: InferRequest) -> dict[str, Any]:
+    """One generation's fields from v2 input tensors (shape [1]) and request parameters."""
+    values: dict[str, Any] = {}
+    for tensor in request.inputs:
+        name = tensor.name
+        if name not in FIELD_NAMES:
+            raise RequestError(name, f"unknown input tensor (allowed: {', '.join(FIELD_NAMES)})")
+        kind = FIELD_KINDS[name]
+        if tensor.datatype not in V2_DATATYPES[kind]:
+            allowed = ", ".join(V2_DATATYPES[kind])
+            raise RequestError(name, f"datatype must be one of {allowed}, got {tensor.datatype}")
+        if math.prod(tensor.shape) != 1:
+            raise RequestError(name, f"shape must be [1], got {list(tensor.shape)}")
+        try:
+            array = tensor.as_numpy()
+            values[name] = _scalar(array.reshape(-1)[0], kind)
+        except (ValueError, TypeError, IndexError) as exc:
+            raise RequestError(name, f"could not read the {tensor.datatype} tensor data: {exc}") from None
+    parameters = request.parameters or {}
+    if not isinstance(parameters, dict):  # gRPC: a protobuf map of InferParameter
+        parameters = to_http_parameters(parameters)
+    for name, value in parameters.items():
+        if name in PROTOCOL_PARAMETERS:
+            continue
+        if name in values:
+            raise RequestError(name, "given both as an input tensor and as a parameter")
+        values[name] = value
+    return values
+
+
+def check_requested_outputs(request: InferRequest, generation: GenerationRequest) -> None:
+    """Raise RequestError (before any work) when a request asks for an output this task does not have."""
+    names = ("video" if generation.task_type == "text2video" else "images", "seed")
+    for output in request.request_outputs or []:
+        if output.name not in names:
+            raise RequestError(
+                "outputs", f"{generation.task_type} answers with {' and '.join(names)}, got {output.name!r}"
+            )
+
+
+def _binary_outputs(request: InferRequest) -> dict[str, bool]:
+    """Which outputs travel as raw bytes: REST's binary tensor extension (`binary_data_output`, or
+    `binary_data` per requested output), or gRPC requests that sent raw input contents."""
+    every = bool(request.use_binary_outputs)
+    chosen = {name: every for name in ("images", "video", "seed")}
+    if not request.from_grpc:
+        for output in request.request_outputs or []:
+            chosen[output.name] = bool(output.binary_data)
+    return chosen
+
+
+def build_response(request: InferRequest, result: GenerationResult, model_name: str) -> InferResponse:
+    """The v2 answer: `images` BYTES [n] (or `video` BYTES [1]) holding the files with their content_type,
+    and `seed`. Files are base64 text in JSON, and the raw file bytes when the output is sent binary."""
+    name = "images" if result.video is None else "video"
+    binary = _binary_outputs(request)
+    files = InferOutput(
+        name=name,
+        shape=[len(result.files)],
+        datatype="BYTES",
+        data=list(result.files) if binary[name] else [media.to_base64(data) for data in result.files],
+        parameters={"content_type": result.content_type},
+    )
+    seed = InferOutput(name="seed", shape=[1], datatype="INT64", data=[result.seed])
+    parameters: dict[str, Any] = {"task_type": result.task_type}
+    if result.video is not None:
+        # KServe's gRPC parameters carry strings, booleans and integers only: the duration is num_frames / fps.
+        parameters.update({k: v for k, v in asdict(result.video).items() if isinstance(v, int)})
+    return InferResponse(
+        response_id=request.id or str(uuid.uuid4()),
+        model_name=model_name,
+        infer_outputs=[files, seed],
+        parameters=parameters,
+        use_binary_outputs=bool(request.use_binary_outputs),
+        requested_outputs=None if request.from_grpc else request.request_outputs,
+    )
+
+
+def input_types() -> list[dict[str, Any]]:
+    """The inputs `GET /v2/models/{name}` lists: every request field as a [1] tensor."""
+    return [{"name": name, "datatype": _V2_DECLARED[kind], "shape": [1]} for name, kind in FIELD_KINDS.items()]
+
+
+def output_types(tasks: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The outputs `GET /v2/models/{name}` lists for a server serving `tasks`."""
+    outputs = []
+    if any(task != "text2video" for task in tasks):
+        outputs.append({"name": "images", "datatype": "BYTES", "shape": [-1]})
+    if "text2video" in tasks:
+        outputs.append({"name": "video", "datatype": "BYTES", "shape": [1]})
+    return [*outputs, {"name": "seed", "datatype": "INT64", "shape": [1]}]

