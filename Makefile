@@ -1,4 +1,5 @@
-# The two commands: `make demo` and `make test`. Each creates or updates .venv itself.
+# The two commands: `make demo` and `make test`. Each creates or updates .venv itself, with the tested
+# versions of constraints.txt (`make lock` refreshes them).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,33 +13,36 @@ DEMO_VIDEO_MODEL := .cache/tiny/wan
 HTTP_PORT ?= 8080
 GRPC_PORT ?= 8081
 
-.PHONY: install notebook-env demo test bench bench-gpu lint clean
+CONSTRAINTS := constraints.txt
+NOTEBOOK_CONSTRAINTS := constraints-notebook.txt
+
+.PHONY: install notebook-env demo test test-fast docs lock bench bench-gpu lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
 # torch first, from the pinned CPU build, so no resolver pulls the multi-GB CUDA wheels.
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[test]"
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -c $(CONSTRAINTS) torch==2.13.0
+	$(PY) -m pip install -c $(CONSTRAINTS) -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-$(NOTEBOOK_STAMP): requirements-notebook.txt
+$(NOTEBOOK_STAMP): requirements-notebook.txt $(NOTEBOOK_CONSTRAINTS)
 	$(PYTHON) -m venv $(NOTEBOOK_VENV)
 	$(NOTEBOOK_VENV)/bin/python -m pip install -q --upgrade pip
-	$(NOTEBOOK_VENV)/bin/python -m pip install -q -r requirements-notebook.txt
+	$(NOTEBOOK_VENV)/bin/python -m pip install -q -c $(NOTEBOOK_CONSTRAINTS) -r requirements-notebook.txt
 	touch $(NOTEBOOK_STAMP)
 
 notebook-env: $(NOTEBOOK_STAMP)
 
 $(DEMO_MODEL)/model_index.json: | $(STAMP)
-	$(PY) -m kserve_diffusion.tiny --family sdxl --out $(DEMO_MODEL)
+	$(PY) -m kserve_diffusion.testing.tiny --family sdxl --out $(DEMO_MODEL)
 
 $(DEMO_VIDEO_MODEL)/model_index.json: | $(STAMP)
-	$(PY) -m kserve_diffusion.tiny --family wan --out $(DEMO_VIDEO_MODEL)
+	$(PY) -m kserve_diffusion.testing.tiny --family wan --out $(DEMO_VIDEO_MODEL)
 
 demo: install $(DEMO_MODEL)/model_index.json $(DEMO_VIDEO_MODEL)/model_index.json
 	@echo ""
@@ -50,8 +54,21 @@ demo: install $(DEMO_MODEL)/model_index.json $(DEMO_VIDEO_MODEL)/model_index.jso
 		--device cpu --http_port $(HTTP_PORT) --grpc_port $(GRPC_PORT)
 
 # -rs: say which checks were skipped and why (no GPU, no ../shared for the manifest validation, ...)
+# Every tier: unit, model, server, deploy (docs/development.md).
 test: install notebook-env
 	$(PY) -m pytest -q -rs
+
+# The unit tier: no server process, no generation (seconds).
+test-fast: install
+	$(PY) -m pytest -q -rs tests/unit
+
+# docs/configuration.md from the declared settings (a unit test fails when it is stale).
+docs: install
+	$(PY) -m kserve_diffusion.config.reference docs/configuration.md
+
+# Re-resolve pyproject.toml's ranges in fresh environments -> constraints.txt, constraints-notebook.txt.
+lock:
+	PYTHON=$(PYTHON) tools/lock.sh
 
 # CPU figures with the tiny models (about 10 minutes on 2 cores) -> benchmarks/results/cpu.{json,md,png}
 bench: install
