@@ -16,7 +16,7 @@ GRPC_PORT ?= 8081
 CONSTRAINTS := constraints.txt
 NOTEBOOK_CONSTRAINTS := constraints-notebook.txt
 
-.PHONY: install notebook-env demo test test-fast docs lock bench bench-gpu lint clean
+.PHONY: install notebook-env demo test test-fast docs lock fuzz bench bench-gpu lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,15 @@ test-fast: install
 docs: install
 	$(PY) -m kserve_diffusion.config.reference docs/configuration.md
 
+# Schema-driven fuzzing of the running server (a few minutes): schemathesis in its own environment.
+FUZZ_VENV := .venv-fuzz
+$(FUZZ_VENV)/bin/schemathesis:
+	$(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/python -m pip install -q "schemathesis==4.32.5"
+
+fuzz: install $(FUZZ_VENV)/bin/schemathesis
+	tools/fuzz.sh
+
 # Re-resolve pyproject.toml's ranges in fresh environments -> constraints.txt, constraints-notebook.txt.
 lock:
 	PYTHON=$(PYTHON) tools/lock.sh
@@ -83,4 +92,4 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(NOTEBOOK_VENV) .cache .pytest_cache
+	rm -rf $(VENV) $(NOTEBOOK_VENV) $(FUZZ_VENV) .cache .pytest_cache

@@ -100,6 +100,9 @@ def test_full_queue_is_503_with_retry_after_grpc_unavailable_and_openai_429(serv
     answer = post(url, small())
     assert answer.status_code == 503, answer.text
     assert int(answer.headers["Retry-After"]) >= 1
+    # Refused before its input image is decoded: a broken image gets the queue's 503, not the decoder's 400.
+    broken = post(url, small(image="data:image/png;base64,iVBORw0KGgoAAAAbroken", num_inference_steps=4))
+    assert broken.status_code == 503, broken.text
     assert answer.json()["error"].startswith(f"the queue is full ({QUEUE} requests wait behind the running one)")
     request = InferRequest(
         model_name="sdxl", infer_inputs=[_prompt()], parameters={"height": 64, "width": 64, "num_inference_steps": 2}

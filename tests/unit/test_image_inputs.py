@@ -18,7 +18,7 @@ from kserve_diffusion.config import defaults
 from kserve_diffusion.errors import RequestError
 from kserve_diffusion.media import fetch as fetch_module
 from kserve_diffusion.media.fetch import FetchError, FetchPolicy, address_problem, fetch, safe_url_text
-from kserve_diffusion.server.binary_inputs import rewrite_body
+from kserve_diffusion.server.v2_binary import rewrite_body
 from PIL import Image
 
 from tests.image_host import FILES, ImageHost, gradient, png, sideways_jpeg, webp
@@ -224,10 +224,11 @@ def test_binary_image_tensors_are_rewritten_as_base64_and_nothing_else() -> None
             ]
         }
     )
-    body, length = rewrite_body(header + prompt + image, len(header), {"image", "mask"})
+    body, length = rewrite_body(header + prompt + image, str(len(header)), {"image", "mask"})
     inputs = orjson.loads(body[:length])["inputs"]
     assert body[length : length + len(prompt)] == prompt
     assert body[length + len(prompt) :] == _bytes_tensor(B64.encode())
     assert inputs[2]["parameters"]["binary_data_size"] == len(body) - length - len(prompt)
     assert inputs[1] == {"name": "seed", "datatype": "INT64", "shape": [1], "data": [1]}
-    assert rewrite_body(header + prompt + image, len(header), {"mask"}) is None  # untouched
+    untouched, untouched_length = rewrite_body(header + prompt + image, str(len(header)), {"mask"})
+    assert untouched[untouched_length:] == prompt + image  # only the named tensors are re-encoded

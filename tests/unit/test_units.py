@@ -21,7 +21,7 @@ from kserve_diffusion.pipelines.sdxl import SDXLRunner
 from kserve_diffusion.runtime.control import RequestControl
 from kserve_diffusion.runtime.service import GenerationService
 from kserve_diffusion.runtime.worker import GenerationWorker
-from kserve_diffusion.server import v1, v2
+from kserve_diffusion.server import v1, v2_inputs
 from kserve_diffusion.server.model import DiffusionModel
 from kserve_diffusion.testing.tiny import build_tokenizer
 
@@ -98,7 +98,7 @@ def test_v2_tensors_from_raw_grpc_bytes_and_typed_values() -> None:
     seed = InferInput("seed", [1], "UINT8", data=[7])
     scale = InferInput("guidance_scale", [1], "FP64", data=[2.5])
     request = InferRequest("sdxl", [prompt, seed, scale], parameters={"binary_data_output": False, "width": 64})
-    assert v2.read_instance(request) == {"prompt": "a red fox", "seed": 7, "guidance_scale": 2.5, "width": 64}
+    assert v2_inputs.read_instance(request) == {"prompt": "a red fox", "seed": 7, "guidance_scale": 2.5, "width": 64}
 
 
 def protocols_serialized(value: bytes) -> bytes:
@@ -109,8 +109,8 @@ def protocols_serialized(value: bytes) -> bytes:
 
 def test_v2_non_utf8_bytes_are_400() -> None:
     prompt = InferInput("prompt", [1], "BYTES", data=[b"\xff\xfe"])
-    with pytest.raises(RequestError, match="prompt: could not read"):
-        v2.read_instance(InferRequest("sdxl", [prompt]))
+    with pytest.raises(RequestError, match="prompt: BYTES data is not UTF-8 text"):
+        v2_inputs.read_instance(InferRequest("sdxl", [prompt]))
 
 
 def test_png_encoding_round_trips() -> None:

@@ -7,7 +7,6 @@ and the value received.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from types import NoneType
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..config import ServerConfig, defaults
 from ..errors import RequestError, RequestErrors
+from .messages import describe_error, shown
 
 TASK_TYPES = ("text2img", "img2img", "inpaint", "text2video")
 # The input images each task reads; each can arrive inline (`image`) or by URL (`image_url`).
@@ -203,53 +203,6 @@ class GenerationRequest(BaseModel):
 FIELD_NAMES = tuple(GenerationRequest.model_fields)
 
 
-def shown(value: Any) -> str:
-    """A client value for an error message: JSON-like, at most 80 characters."""
-    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None), list, dict)) else repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-_UNION_TAGS = ("str", "bytes")
-_BOUND_WORDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-
-
-def _range_text(name: str, model: type[BaseModel]) -> str:
-    metadata = model.model_fields[name].metadata
-    bounds = {attr: getattr(c, attr) for c in metadata for attr, _ in _BOUND_WORDS if hasattr(c, attr)}
-    return " and ".join(f"{words} {bounds[attr]}" for attr, words in _BOUND_WORDS if attr in bounds)
-
-
-def describe_error(error: dict[str, Any], model: type[BaseModel] = GenerationRequest) -> str:
-    """One pydantic error of `model` as '<field>: <what is wrong>, got <value>'."""
-    loc = error["loc"]
-    kind = error["type"]
-    value = error.get("input")
-    if len(loc) == 2 and loc[1] in _UNION_TAGS:  # `str | bytes` fields: one message, not one per member
-        loc = loc[:1]
-        if kind in ("string_type", "bytes_type"):
-            return f"{loc[0]}: must be a string, got {shown(value)}"
-    field = ".".join(str(part) for part in loc) or "request"
-    if kind == "extra_forbidden":
-        return f"{field}: unknown field (allowed: {', '.join(model.model_fields)})"
-    if kind == "missing":
-        return f"{field}: required field is missing"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        problem = f"must be {_range_text(field, model)}"
-    elif kind in ("string_too_short", "bytes_too_short", "too_short"):
-        problem = "must not be empty"
-    elif kind == "string_too_long":
-        problem = f"must be at most {error['ctx']['max_length']} characters"
-    elif kind == "value_error":
-        problem = str(error["ctx"]["error"])
-    elif kind == "literal_error":
-        problem = f"must be one of {error['ctx']['expected']}"
-    else:
-        problem = error["msg"][0].lower() + error["msg"][1:]
-    if kind == "string_too_long" and isinstance(value, str):
-        return f"{field}: {problem}, got {len(value)} characters"
-    return f"{field}: {problem}, got {shown(value)}"
-
-
 def parse_request(data: Any, limits: Limits) -> GenerationRequest:
     """Validate one instance; raise RequestError (400) naming every bad field."""
     if not isinstance(data, dict):
@@ -257,7 +210,7 @@ def parse_request(data: Any, limits: Limits) -> GenerationRequest:
     try:
         return GenerationRequest.model_validate(data, context=limits)
     except ValidationError as exc:
-        messages = [describe_error(error) for error in exc.errors(include_url=False)]
+        messages = [describe_error(error, GenerationRequest) for error in exc.errors(include_url=False)]
         raise RequestErrors(list(dict.fromkeys(messages))) from None
 
 

@@ -7,6 +7,7 @@ else in the package reads `os.environ` or `sys.argv`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -76,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_max_body_bytes(max_image_bytes: int) -> int:
+    """The largest legitimate request: an image and a mask as base64 text, plus room for the JSON around them."""
+    return 2 * math.ceil(max_image_bytes / 3) * 4 + 4_000_000
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -104,6 +110,8 @@ def _resolve(values: dict[str, Any], cuda_available: Callable[[], bool], workers
         values["warmup"] = values["compile"] != "none"  # compile on the warm-up, not on a user's request
     elif not values["warmup"] and values["compile"] != "none":
         raise ConfigError("--warmup false: --compile compiles during the warm-up generation; leave --warmup on")
+    if values["max_body_bytes"] is None:
+        values["max_body_bytes"] = default_max_body_bytes(values["max_image_bytes"])
     refiner_given = bool(values["refiner_id"] or values["refiner_single_file_model"])
     if values["use_refiner"] is None:
         values["use_refiner"] = refiner_given

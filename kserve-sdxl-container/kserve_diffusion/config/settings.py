@@ -2,7 +2,8 @@
 
 The command-line parser, the environment variable names, the `.env` reading, the limits objects and
 `docs/configuration.md` are all derived from these fields (see `parsing.py` and `reference.py`).
-A field without `setting(...)` metadata is resolved at startup, not set by a flag.
+A field without `setting(...)` metadata is resolved at startup, not set by a flag. It is one module because
+every setting is declared in one place: that is its purpose.
 """
 
 from __future__ import annotations
@@ -175,6 +176,24 @@ class ServerConfig:
         minimum=0,
         exclusive_minimum=True,
     )
+    max_body_bytes: int | None = setting(
+        None,
+        "largest request body in bytes; a larger one is a 413, refused before it is read when Content-Length says so",
+        minimum=1,
+        default_text="two --max_image_bytes images as base64 plus 4 MB (57333336 with the defaults)",
+    )
+    body_timeout: float = setting(
+        60.0,
+        "seconds a client may take to send a request body; a slower one gets a 408 and is disconnected",
+        minimum=0,
+        exclusive_minimum=True,
+    )
+    header_timeout: float = setting(
+        10.0,
+        "seconds a client may take from connecting (or starting a new request) to the end of its request headers",
+        minimum=0,
+        exclusive_minimum=True,
+    )
     shutdown_grace_seconds: float = setting(
         30.0,
         "on SIGTERM, seconds the running and queued requests get to finish before they are stopped",
@@ -286,5 +305,11 @@ def settings() -> tuple[Setting, ...]:
 def defaults(**overrides: Any) -> ServerConfig:
     """A ServerConfig of the declared defaults resolved as on a CPU machine, with `overrides` (for tools and
     tests that build a configuration without parsing one)."""
-    resolved = {"device": "cpu", "dtype": "float32", "use_refiner": False, "warmup": False}
+    resolved = {
+        "device": "cpu",
+        "dtype": "float32",
+        "use_refiner": False,
+        "warmup": False,
+        "max_body_bytes": 57_333_336,
+    }
     return ServerConfig(**{**resolved, **overrides})

@@ -16,6 +16,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 from PIL.Image import Image
 
+from ..redact import loggable
 from .codecs import DEFAULT_PNG_COMPRESS_LEVEL
 
 # Input images: the formats Pillow may open for a request (nothing else is even attempted).
@@ -55,7 +56,7 @@ def decode_data_url(text: str, max_bytes: int) -> bytes:
         raise MediaError("is not a valid data URL (data:image/png;base64,...)")
     mime = match["mime"].strip().lower()
     if mime and not mime.startswith("image/"):
-        raise MediaError(f"data URL media type must be image/png, image/jpeg or image/webp, got {mime!r}")
+        raise MediaError(f"data URL media type must be image/png, image/jpeg or image/webp, got {loggable(mime)!r}")
     if any(p.strip().lower() == "base64" for p in match["params"].split(";")):
         return decode_base64(match["data"], max_bytes)
     data = unquote_to_bytes(match["data"])

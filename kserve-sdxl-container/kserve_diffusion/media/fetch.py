@@ -18,6 +18,8 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from ..redact import loggable
+
 FETCH_SCHEMES = ("http", "https")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Cloud instance-metadata endpoints (AWS/GCP/Azure/OpenStack, AWS IPv6, ECS, Alibaba): never an image
@@ -101,11 +103,15 @@ class _CheckedResolver(AbstractResolver):
 
 
 def _check_hop(url: str, allow_private: bool) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parses the port: a bad one raises here, not inside the download
+    except ValueError:
+        raise FetchError("is not a valid URL (unbalanced brackets or a bad port)") from None
     if not parts.scheme:
         raise FetchError("not a URL: local paths are never read; use http(s) or a data URL")
     if parts.scheme.lower() not in FETCH_SCHEMES:
-        raise FetchError(f"the {parts.scheme}: scheme is refused (only http, https and data)")
+        raise FetchError(f"the {loggable(parts.scheme)}: scheme is refused (only http, https and data)")
     if not parts.hostname:
         raise FetchError(f"{safe_url_text(url)} has no host")
     try:
@@ -136,7 +142,10 @@ async def _follow(session: aiohttp.ClientSession, url: str, policy: FetchPolicy)
                 location = response.headers.get("Location")
                 if not location:
                     raise FetchError(f"{safe_url_text(url)} answered {response.status} without a Location")
-                url = urljoin(url, location)
+                try:
+                    url = urljoin(url, location)
+                except ValueError:
+                    raise FetchError(f"{safe_url_text(url)} redirected to an invalid URL") from None
                 continue
             if response.status != 200:
                 reason = f" {response.reason}" if response.reason else ""

@@ -23,6 +23,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from ..api.messages import quoted
 from ..api.request import FAMILY_TITLES
 from ..errors import RequestError
 
@@ -84,7 +85,7 @@ def scheduler_name(family: str, name: str | None) -> str:
         return name
     owners = " and ".join(FAMILY_TITLES[f] for f, (other, _) in FAMILY_SCHEDULERS.items() if name in other)
     why = f" ({name} is a scheduler of {owners}; it does not apply to {FAMILY_TITLES[family]})" if owners else ""
-    raise RequestError("scheduler", f"must be one of {', '.join(registry)}{why}, got {name!r}")
+    raise RequestError("scheduler", f"must be one of {', '.join(registry)}{why}, got {quoted(name)}")
 
 
 def build_scheduler(

@@ -8,7 +8,6 @@ import contextlib
 import logging
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -29,11 +28,6 @@ from .worker import AcceleratorOutOfMemory, GenerationWorker
 
 logger = logging.getLogger("kserve.diffusion")
 RANDOM_SEED_RANGE = 2**32
-
-
-def request_id(given: str | None) -> str:
-    """The caller's request id (x-request-id), else a fresh one: it ties the log lines of one request together."""
-    return given or uuid.uuid4().hex[:16]
 
 
 def _memory_advice(request: GenerationRequest) -> str:
@@ -145,7 +139,10 @@ class GenerationService:
             for request in checked:
                 if check is not None:
                     check(request)
-            jobs = [await self.inputs.load(request) for request in checked]
+            jobs = []
+            for request in checked:
+                self._check_room(request)  # before fetching and decoding its images
+                jobs.append(await self.inputs.load(request))
             return [await self._generate(request, inputs, request_id) for request, inputs in jobs]
 
     @contextlib.contextmanager
@@ -159,6 +156,13 @@ class GenerationService:
             yield
         finally:
             metrics.IN_FLIGHT.dec()
+
+    def _check_room(self, request: GenerationRequest) -> None:
+        try:
+            self.worker.check_room()
+        except ServingError as exc:
+            metrics.count(request.task_type or "unknown", exc.outcome)
+            raise
 
     def _checked(self, instance: Any) -> GenerationRequest:
         """The validated request (family rules applied); a RequestError is counted as invalid."""

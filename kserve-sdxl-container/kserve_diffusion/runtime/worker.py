@@ -66,14 +66,23 @@ class GenerationWorker:
         mean = sum(self._recent) / len(self._recent)
         return max(1, math.ceil((self.waiting + self.running) * mean))
 
+    def _refuse_when_full(self) -> None:
+        if self.waiting >= self.max_queue:
+            raise ServerBusy(
+                f"the queue is full ({self.max_queue} requests wait behind the running one); "
+                f"retry after about {self.retry_after()} s",
+                self.retry_after(),
+            )
+
+    def check_room(self) -> None:
+        """Raise ServerBusy now if the queue is full: a request that would be refused is refused before its
+        input images are fetched and decoded."""
+        with self._lock:
+            self._refuse_when_full()
+
     def _admit(self, control: RequestControl) -> None:
         with self._lock:
-            if self.waiting >= self.max_queue:
-                raise ServerBusy(
-                    f"the queue is full ({self.max_queue} requests wait behind the running one); "
-                    f"retry after about {self.retry_after()} s",
-                    self.retry_after(),
-                )
+            self._refuse_when_full()
             position = self.waiting + self.running
             self.waiting += 1
         if position:

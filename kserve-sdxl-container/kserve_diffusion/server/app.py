@@ -1,44 +1,55 @@
-"""The HTTP/gRPC server around the service: KServe's app with our error handlers, middleware, OpenAI routes,
-and a SIGTERM that drains before uvicorn stops."""
+"""The HTTP/gRPC server around the service: KServe's ModelServer with our error handlers, middleware, OpenAI
+routes, a read-only model repository, limits sized from the settings, and a SIGTERM that drains first."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
 from kserve import ModelServer
+from kserve import model_server as kserve_model_server
+from kserve.constants.constants import MAX_GRPC_MESSAGE_LENGTH
 from kserve.logging import logger
 from kserve.model_server import app
 
 from ..api.request import FILE_FIELDS
-from ..errors import GenerationFailed, RequestError, ServingError
+from ..config import ServerConfig
 from ..runtime.service import GenerationService
-from .binary_inputs import Base64BinaryInputs
-from .disconnect import DisconnectWatcher
+from . import grpc_errors, handlers, slow_clients
 from .model import DiffusionModel
 from .openai import images as openai_images
+from .repository import ReadOnlyRepository
+from .request_body import RequestBodyGuard
+from .request_ids import RequestIdHeader
+from .v2_binary import V2RequestGuard
+
+MAX_GRPC_BYTES = 2**31 - 1  # gRPC's own ceiling
+GRPC_HEADROOM = 1_000_000  # the message's other fields
 
 
-async def _generation_failed(_: Request, exc: Exception) -> JSONResponse:
-    # KServe's generic handler would prefix the exception's class name; keep the answer short.
-    return JSONResponse(status_code=500, content={"error": str(exc)})
+def grpc_message_limits(config: ServerConfig) -> dict[str, int]:
+    """gRPC message sizes that fit this server's largest request and answer (gRPC's default is 8 MB, less than
+    four 1024x1024 PNGs): requests up to --max_body_bytes; answers up to --max_num_images images of
+    --max_pixels, or a video of --max_video_pixels, as base64 text (typed contents) at worst."""
+    image_bytes = config.max_num_images * (config.max_pixels * 3 + GRPC_HEADROOM)
+    video_bytes = config.max_video_pixels * 3 // 2  # MP4, GIF or WebP of noise: under 1.5 bytes a pixel
+    answer = math.ceil(max(image_bytes, video_bytes) * 4 / 3) + GRPC_HEADROOM
+    request = (config.max_body_bytes or 0) + GRPC_HEADROOM
+    return {
+        "grpc_max_send_message_length": min(answer, MAX_GRPC_BYTES),
+        "grpc_max_receive_message_length": min(request, MAX_GRPC_BYTES),
+    }
 
 
-async def _request_rejected(_: Request, exc: Exception) -> JSONResponse:
-    # KServe's handler logs a traceback for every 400; one line says all there is to say.
-    logger.warning("rejected request: %s", exc)
-    return JSONResponse(status_code=400, content={"error": str(exc)})
-
-
-async def _not_served(_: Request, exc: Exception) -> JSONResponse:
-    # Queue full, shutting down, deadline, client gone, out of memory: the status and headers say what to do.
-    assert isinstance(exc, ServingError)
-    return JSONResponse(status_code=exc.http_status, content={"error": exc.message}, headers=exc.headers)
+def _size_grpc_messages(config: ServerConfig) -> None:
+    # KServe's gRPC server reads its options from kserve.model_server.args; a size the operator set is kept.
+    for name, size in grpc_message_limits(config).items():
+        if getattr(kserve_model_server.args, name, None) == MAX_GRPC_MESSAGE_LENGTH:
+            setattr(kserve_model_server.args, name, max(size, MAX_GRPC_MESSAGE_LENGTH))
 
 
 def _drain_on_sigterm(service: GenerationService, grace_seconds: float) -> None:
@@ -64,19 +75,26 @@ def _drain_on_sigterm(service: GenerationService, grace_seconds: float) -> None:
 def serve(service: GenerationService) -> None:
     """Serve the loaded `service` until SIGTERM: KServe v1/v2 REST and gRPC, and the OpenAI routes."""
     config = service.config
-    app.add_exception_handler(GenerationFailed, _generation_failed)
-    app.add_exception_handler(RequestError, _request_rejected)
-    app.add_exception_handler(ServingError, _not_served)
     app.include_router(openai_images.router(service, config.max_image_bytes, config.max_image_pixels))
-    app.add_middleware(Base64BinaryInputs, tensors=FILE_FIELDS)
-    app.add_middleware(DisconnectWatcher)  # outermost: it buffers the body before the others read it
+    app.add_middleware(V2RequestGuard, files=FILE_FIELDS)
+    app.add_middleware(RequestIdHeader)
+    assert config.max_body_bytes is not None  # resolved by parse_config
+    # Outermost: bounds and buffers the body before anything else reads it.
+    app.add_middleware(RequestBodyGuard, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
+    slow_clients.install(config.header_timeout)
+    grpc_errors.install()
+    _size_grpc_messages(config)
     serve_lifespan = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def lifespan(app_: Any) -> AsyncIterator[Any]:
+        handlers.install(app, service.name)  # after KServe's own handlers, which it adds when it starts
+        handlers.quiet_request_logs()
         _drain_on_sigterm(service, config.shutdown_grace_seconds)  # uvicorn's own handler is in place by now
         async with serve_lifespan(app_) as state:
             yield state
 
     app.router.lifespan_context = lifespan
-    ModelServer(**config.model_server).start([DiffusionModel(service)])
+    server = ModelServer(**config.model_server)
+    server.model_repository_extension = ReadOnlyRepository(server.model_repository_extension, service.name)
+    server.start([DiffusionModel(service)])

@@ -9,8 +9,9 @@ from typing import Any
 from kserve import Model
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from ..runtime.service import GenerationService, request_id
-from . import v1, v2
+from ..redact import request_id
+from ..runtime.service import GenerationService
+from . import v1, v2, v2_inputs
 
 
 class DiffusionModel(Model):
@@ -54,7 +55,7 @@ class DiffusionModel(Model):
         rid = request_id((headers or {}).get("x-request-id"))
         if isinstance(payload, InferRequest):
             check = partial(v2.check_requested_outputs, payload)
-            [result] = await self.service.generate([v2.read_instance(payload)], rid, check)
+            [result] = await self.service.generate([v2_inputs.read_instance(payload)], rid, check)
             return v2.build_response(payload, result, self.name)
         instances = v1.read_instances(payload, self.service.config.max_instances)
         return v1.build_response(await self.service.generate(instances, rid))

@@ -1,80 +1,20 @@
-"""The v2 protocol (REST and gRPC): InferRequest tensors and parameters in, InferResponse out."""
+"""The v2 protocol (REST and gRPC): InferResponse out, and the model metadata (inputs: `v2_inputs.py`)."""
 
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from .. import media
-from ..api.request import FIELD_KINDS, FIELD_NAMES, GenerationRequest
+from ..api.messages import quoted
+from ..api.request import FIELD_KINDS, GenerationRequest
 from ..api.results import GenerationResult
 from ..errors import RequestError
 
-_INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
-V2_DATATYPES = {
-    "string": ("BYTES",),
-    "bytes": ("BYTES",),
-    "int": _INTEGER_TYPES,
-    "float": ("FP16", "FP32", "FP64", *_INTEGER_TYPES),
-    "bool": ("BOOL",),
-}
 _V2_DECLARED = {"string": "BYTES", "bytes": "BYTES", "int": "INT64", "float": "FP32", "bool": "BOOL"}
-# v2 request parameters that steer the protocol itself, not the generation.
-PROTOCOL_PARAMETERS = frozenset({"binary_data_output"})
-
-
-def _scalar(value: Any, kind: str) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if kind == "bytes":  # image files: raw bytes (binary / gRPC) or base64 text (JSON)
-        return value
-    if kind == "string":
-        if isinstance(value, bytes):
-            try:
-                return value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ValueError("BYTES data is not UTF-8 text") from None
-        return value
-    if kind == "int":
-        return int(value)
-    if kind == "float":
-        return float(value)
-    return bool(value)
-
-
-def read_instance(request: InferRequest) -> dict[str, Any]:
-    """One generation's fields from v2 input tensors (shape [1]) and request parameters."""
-    values: dict[str, Any] = {}
-    for tensor in request.inputs:
-        name = tensor.name
-        if name not in FIELD_NAMES:
-            raise RequestError(name, f"unknown input tensor (allowed: {', '.join(FIELD_NAMES)})")
-        kind = FIELD_KINDS[name]
-        if tensor.datatype not in V2_DATATYPES[kind]:
-            allowed = ", ".join(V2_DATATYPES[kind])
-            raise RequestError(name, f"datatype must be one of {allowed}, got {tensor.datatype}")
-        if math.prod(tensor.shape) != 1:
-            raise RequestError(name, f"shape must be [1], got {list(tensor.shape)}")
-        try:
-            array = tensor.as_numpy()
-            values[name] = _scalar(array.reshape(-1)[0], kind)
-        except (ValueError, TypeError, IndexError) as exc:
-            raise RequestError(name, f"could not read the {tensor.datatype} tensor data: {exc}") from None
-    parameters = request.parameters or {}
-    if not isinstance(parameters, dict):  # gRPC: a protobuf map of InferParameter
-        parameters = to_http_parameters(parameters)
-    for name, value in parameters.items():
-        if name in PROTOCOL_PARAMETERS:
-            continue
-        if name in values:
-            raise RequestError(name, "given both as an input tensor and as a parameter")
-        values[name] = value
-    return values
 
 
 def check_requested_outputs(request: InferRequest, generation: GenerationRequest) -> None:
@@ -83,7 +23,7 @@ def check_requested_outputs(request: InferRequest, generation: GenerationRequest
     for output in request.request_outputs or []:
         if output.name not in names:
             raise RequestError(
-                "outputs", f"{generation.task_type} answers with {' and '.join(names)}, got {output.name!r}"
+                "outputs", f"{generation.task_type} answers with {' and '.join(names)}, got {quoted(output.name)}"
             )
 
 

@@ -17,10 +17,11 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from ... import media
+from ...api.messages import quoted, shown
 from ...api.request import FIELD_KINDS, MAX_PROMPT_CHARS
 from ...api.results import GenerationResult
 from ...config import parse_bool
-from ...runtime.service import request_id
+from ...redact import loggable, request_id
 from .schemas import (
     ERRORS,
     ImageData,
@@ -33,7 +34,7 @@ from .schemas import (
 )
 
 PREFIX = "/openai/v1"
-_SIZE = re.compile(r"(?P<width>\d+)x(?P<height>\d+)")
+_SIZE = re.compile(r"(?P<width>\d{1,6})x(?P<height>\d{1,6})")  # bounded: int() of 4300+ digits raises
 # Our fields the endpoint sets from OpenAI parameters: sent as extra fields they are a 400 naming the right one.
 _SET_BY_ENDPOINT = {
     "num_images": "send n",
@@ -81,7 +82,7 @@ def _size(size: str | None) -> dict[str, int]:
         return {}
     match = _SIZE.fullmatch(size)
     if match is None:
-        raise OpenAIError(400, f'size: must be "WIDTHxHEIGHT" (e.g. "1024x1024") or "auto", got {size!r}', "size")
+        raise OpenAIError(400, f'size: must be "WIDTHxHEIGHT" (e.g. "1024x1024") or "auto", got {shown(size)}', "size")
     return {"width": int(match["width"]), "height": int(match["height"])}
 
 
@@ -89,7 +90,9 @@ def _extras(extra: dict[str, Any]) -> dict[str, Any]:
     """Our fields sent beside OpenAI's, checked against what the endpoint sets itself."""
     for name, value in extra.items():
         if name in _UNSUPPORTED and value is not None:
-            raise OpenAIError(400, f"{name}: an OpenAI parameter this server does not support, got {value!r}", name)
+            raise OpenAIError(
+                400, f"{name}: an OpenAI parameter this server does not support, got {shown(value)}", name
+            )
         if name in _SET_BY_ENDPOINT:
             raise OpenAIError(400, f"{name}: not accepted here ({_SET_BY_ENDPOINT[name]})", name)
     return {name: value for name, value in extra.items() if name not in _UNSUPPORTED}
@@ -111,12 +114,12 @@ def _form_value(name: str, text: str) -> Any:
         if kind == "float":
             return float(text)
     except ValueError:
-        raise OpenAIError(400, f"{name}: must be a number, got {text!r}", name) from None
+        raise OpenAIError(400, f"{name}: must be a number, got {shown(text)}", name) from None
     if kind == "bool":
         try:
             return parse_bool(text)
         except ValueError:
-            raise OpenAIError(400, f"{name}: must be true or false, got {text!r}", name) from None
+            raise OpenAIError(400, f"{name}: must be true or false, got {shown(text)}", name) from None
     return text
 
 
@@ -144,7 +147,7 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
         if name is not None and name != model.name:
             raise OpenAIError(
                 404,
-                f"model: the model {name!r} is not served here; this server serves {model.name!r}",
+                f"model: the model {quoted(name)} is not served here; this server serves {model.name!r}",
                 "model",
                 "model_not_found",
             )
@@ -172,7 +175,7 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
     @api.get("/models/{name}", response_model=ModelCard, responses={404: ERRORS[404]}, summary="Describe a model")
     async def get_model(name: str) -> ModelCard:
         if name != model.name:
-            raise OpenAIError(404, f"the model {name!r} is not served here", "model", "model_not_found")
+            raise OpenAIError(404, f"the model {quoted(name)} is not served here", "model", "model_not_found")
         return card()
 
     @api.post(
@@ -241,7 +244,7 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
     async def respond(fields: dict[str, Any], request: Request, user: str | None) -> ImagesResponse:
         rid = request_id(request.headers.get("x-request-id"))
         if user:
-            logger.info("request=%s openai user=%s", rid, user)
+            logger.info("request=%s openai user=%s", rid, loggable(user))
         [result] = await model.generate([fields], rid)
         return ImagesResponse(
             created=int(time.time()),

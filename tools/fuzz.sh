@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# make fuzz: schemathesis generates requests from the server's own /openapi.json (v1, v2, OpenAI routes)
+# against a tiny model with small limits (so that every valid request is cheap) and fails on any 5xx.
+# FUZZ_EXAMPLES (default 200) examples per operation; FUZZ_SEED (default 1) makes the run repeatable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+ST=.venv-fuzz/bin/schemathesis
+PORT=${FUZZ_PORT:-18390}
+model=.cache/tiny/sdxl
+[ -f "$model/model_index.json" ] || "$PY" -m kserve_diffusion.testing.tiny --family sdxl --out "$model"
+mkdir -p benchmarks/results/fuzz
+log=benchmarks/results/fuzz/server.log
+"$PY" -m kserve_diffusion --model_name sdxl --model_id "$model" --device cpu \
+  --http_port "$PORT" --grpc_port $((PORT + 1)) \
+  --max_steps 2 --max_side 128 --max_pixels 16384 --max_num_images 1 --max_instances 2 \
+  --max_frames 5 --request_timeout 20 --max_body_bytes 2000000 >"$log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
+for _ in $(seq 120); do
+  curl -sf "localhost:$PORT/v2/health/ready" >/dev/null && break
+  sleep 1
+done
+status=0
+# The coverage phase is left out: on Python 3.11 it trips over a Hypothesis bug (an AST recursion SystemError).
+"$ST" --config-file tools/schemathesis.toml run "http://127.0.0.1:$PORT/openapi.json" --checks not_a_server_error \
+  --phases examples,fuzzing,stateful \
+  --max-examples "${FUZZ_EXAMPLES:-200}" --seed "${FUZZ_SEED:-1}" --workers 2 --request-timeout 60 \
+  --report junit --report-dir benchmarks/results/fuzz || status=$?
+echo "server log: $(grep -c ' 500 \| 500$' "$log" || true) lines with a 500, $(grep -c Traceback "$log" || true) tracebacks"
+exit "$status"
