@@ -7,7 +7,6 @@ else in the package reads `os.environ` or `sys.argv`.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from dotenv import dotenv_values
 from kserve.model_server import parser as kserve_parser
 
 from ..errors import ConfigError
-from .settings import ServerConfig, Setting, settings
+from .settings import ServerConfig, Setting, default_max_body_bytes, settings
 
 TOKEN_ENV_VARS = ("HUGGINGFACE_TOKEN", "HF_TOKEN")
 # --dtype auto on an accelerator, per family (the model cards' advice); on the CPU always float32.
@@ -75,11 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
     ours.add_argument("--env_file", "--env-file", dest="env_file", default=".env", help=ENV_FILE_HELP)
     return parser
-
-
-def default_max_body_bytes(max_image_bytes: int) -> int:
-    """The largest legitimate request: an image and a mask as base64 text, plus room for the JSON around them."""
-    return 2 * math.ceil(max_image_bytes / 3) * 4 + 4_000_000
 
 
 def _cuda_available() -> bool:

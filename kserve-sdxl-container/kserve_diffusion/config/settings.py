@@ -8,6 +8,7 @@ every setting is declared in one place: that is its purpose.
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -300,6 +301,11 @@ def settings() -> tuple[Setting, ...]:
             kind = _base_type(hints[item.name])
             found.append(Setting(item.name, kind, item.default, meta["help"], meta["bounds"], meta["default_text"]))
     return tuple(found)
+
+
+def default_max_body_bytes(max_image_bytes: int) -> int:
+    """The largest legitimate request: an image and a mask as base64 text, plus room for the JSON around them."""
+    return 2 * math.ceil(max_image_bytes / 3) * 4 + 4_000_000
 
 
 def defaults(**overrides: Any) -> ServerConfig:
