@@ -12,6 +12,7 @@ from transformers.utils import logging as transformers_logging
 
 from .config import parse_config
 from .errors import ConfigError
+from .jobs.stores import open_store
 from .pipelines import serving_family
 from .runtime.service import GenerationService
 from .server.app import serve
@@ -26,13 +27,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Progress bars garble the one-line-per-event server log.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
+        store = open_store(config)  # an unreachable Redis stops the start here, before the model loads
         service = GenerationService(config, serving_family(config))
         service.load()
     except ConfigError as exc:
         logger.error("startup failed: %s", exc)
         print(f"kserve-diffusion: error: {exc}", file=sys.stderr)
         return 2
-    serve(service)
+    serve(service, store)
     return 0
 
 

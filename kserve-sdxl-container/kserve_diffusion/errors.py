@@ -84,3 +84,34 @@ class OutOfMemory(ServingError, grpc_errors.ResourceExhausted):
 
     http_status = 507
     outcome = "oom"
+
+
+class JobCancelled(ServingError, grpc_errors.Cancelled):
+    """The job was cancelled (DELETE): it stops at its next denoising step, or never runs if queued."""
+
+    http_status = 499
+    outcome = "cancelled"
+
+
+class JobNotFound(ServingError, grpc_errors.NotFound):
+    """No such job (never made, or forgotten after --job_ttl_seconds): 404."""
+
+    http_status = 404
+    outcome = "invalid"
+
+
+class JobFinished(ServingError, grpc_errors.FailedPrecondition):
+    """The job has already finished, so it cannot be cancelled: 409."""
+
+    http_status = 409
+    outcome = "invalid"
+
+
+class JobStoreUnavailable(ServingError, grpc_errors.Unavailable):
+    """The job store cannot take or answer jobs now (unreachable, or full): 503 with Retry-After."""
+
+    http_status = 503
+    outcome = "rejected"
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message, {"Retry-After": str(retry_after)})

@@ -31,3 +31,25 @@ def request_id(given: str | None) -> str:
     if given and _REQUEST_ID.fullmatch(given):
         return given
     return uuid.uuid4().hex[:16]
+
+
+def without_password(url: str) -> str:
+    """A service URL (redis://user:password@host:port/db?...) without its password and query, for logs and
+    error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return strip_query(url)
+    location = strip_query(rest)
+    credentials, at, host = location.rpartition("@")
+    if not at:
+        return f"{scheme}://{location}"
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user + ':' if user else ':'}***@{host}"
+
+
+_JOB_ID = re.compile(r"\b(job_[0-9a-f]{8})[0-9a-f]{32}\b")
+
+
+def without_job_ids(text: str) -> str:
+    """`text` with each job id cut to its first 8 hex digits: a job id is what gives access to its result."""
+    return _JOB_ID.sub(r"\1...", text)

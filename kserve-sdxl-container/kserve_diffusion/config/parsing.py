@@ -11,14 +11,17 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from kserve.model_server import parser as kserve_parser
 
 from ..errors import ConfigError
+from ..redact import without_password
 from .settings import ServerConfig, Setting, default_max_body_bytes, settings
 
 TOKEN_ENV_VARS = ("HUGGINGFACE_TOKEN", "HF_TOKEN")
+JOB_STORE_SCHEMES = ("redis", "rediss", "unix")
 # --dtype auto on an accelerator, per family (the model cards' advice); on the CPU always float32.
 ACCELERATOR_DTYPES = {"sdxl": "float16", "flux": "bfloat16", "wan": "bfloat16"}
 # KServe flags passed on to kserve.ModelServer (the rest configure models or transformers).
@@ -106,6 +109,12 @@ def _resolve(values: dict[str, Any], cuda_available: Callable[[], bool], workers
         raise ConfigError("--warmup false: --compile compiles during the warm-up generation; leave --warmup on")
     if values["max_body_bytes"] is None:
         values["max_body_bytes"] = default_max_body_bytes(values["max_image_bytes"])
+    store = values["job_store"]
+    if store != "memory" and urlsplit(store).scheme not in JOB_STORE_SCHEMES:
+        raise ConfigError(
+            f"--job_store: expected memory or a Redis URL (redis://host:port/db, rediss://, unix://), "
+            f"got {without_password(store)!r}"
+        )
     refiner_given = bool(values["refiner_id"] or values["refiner_single_file_model"])
     if values["use_refiner"] is None:
         values["use_refiner"] = refiner_given

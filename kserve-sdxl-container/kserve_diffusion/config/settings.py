@@ -201,6 +201,25 @@ class ServerConfig:
         minimum=0,
         exclusive_minimum=True,
     )
+    job_store: str = setting(
+        "memory",
+        "where jobs (the /jobs routes, Prefer: respond-async, /openai/v1/videos) live: memory (this replica "
+        "only) or a Redis URL, redis://[:password@]host:port/db (shared by every replica that names it)",
+    )
+    max_jobs: int = setting(
+        1000, "most jobs kept (memory store); the oldest finished ones are forgotten first", minimum=1
+    )
+    max_job_result_bytes: int = setting(
+        2_000_000_000,
+        "most bytes of finished jobs' results kept (memory store); the oldest finished ones are forgotten first",
+        minimum=1,
+    )
+    job_ttl_seconds: float = setting(
+        3600.0,
+        "seconds a finished job and its result are kept; a 404 afterwards",
+        minimum=0,
+        exclusive_minimum=True,
+    )
     # Resolved at startup, not flags of ours:
     model_name: str = "sdxl"  # KServe's --model_name
     video_dtype: str = "float32"  # the dtype of a --video_model_id model (--dtype auto resolves per family)

@@ -6,10 +6,11 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from ..errors import ClientGone, DeadlineExceeded, ShuttingDown
+from ..errors import DeadlineExceeded, ServingError
 
 logger = logging.getLogger("kserve.diffusion")
 PROGRESS_LOG_SECONDS = 5.0  # at most one progress line per request this often
@@ -30,16 +31,30 @@ class RequestControl:
         self._lock = threading.Lock()
         self.steps = 0  # denoising steps run, over all pipeline calls of the request
         self._last_log = clock()
+        # Set by a job: told (on the accelerator thread) when the request starts and after each step.
+        self.on_started: Callable[[], None] | None = None
+        self.on_progress: Callable[[int, int | None], None] | None = None
+
+    def started(self) -> None:
+        """The worker took the request off the queue and is about to run it."""
+        if self.on_started is not None:
+            self.on_started()
 
     def remaining(self) -> float:
         """Seconds until the deadline (negative once passed)."""
         return self.deadline - self._clock()
 
-    def cancel(self, reason: type[ClientGone] | type[ShuttingDown], message: str) -> None:
+    def cancel(self, reason: type[ServingError], message: str) -> None:
         """Stop the request: dropped if it has not started, interrupted at its next step if it runs."""
         with self._lock:
             if self._stop is None:
                 self._stop, self._stop_reason = reason, message
+
+    def stopping(self, where: str) -> Exception | None:
+        """The exception to stop with (its reason and `where`), or None when not told to stop."""
+        with self._lock:
+            stop, reason = self._stop, self._stop_reason
+        return stop(f"{reason} ({where})") if stop is not None else None
 
     def check(self, where: str) -> None:
         """Raise the reason to stop (client gone, shutting down, deadline passed), if any; `where` says when."""
@@ -54,6 +69,8 @@ class RequestControl:
         """diffusers' `callback_on_step_end`: count, log progress at a bounded rate, stop when told to."""
         self.steps += 1
         total = getattr(pipeline, "num_timesteps", None) or "?"
+        if self.on_progress is not None:
+            self.on_progress(self.steps, total if isinstance(total, int) else None)
         now = self._clock()
         if now - self._last_log >= PROGRESS_LOG_SECONDS:
             self._last_log = now

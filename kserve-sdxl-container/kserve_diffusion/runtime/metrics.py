@@ -34,3 +34,6 @@ def count(task: str, outcome: str) -> None:
 for _task in ("text2img", "img2img", "inpaint", "text2video", "unknown"):
     for _outcome in OUTCOMES:
         REQUESTS.labels(task=_task, outcome=_outcome)
+
+JOBS = Counter(PREFIX + "jobs", "Jobs that reached each status on this replica (submitted, started, ended)", ["status"])
+JOB_STORE_ERRORS = Counter(PREFIX + "job_store_errors", "Job store operations that failed (Redis unreachable, ...)")

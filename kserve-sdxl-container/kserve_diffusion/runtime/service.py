@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -41,6 +42,14 @@ def _memory_advice(request: GenerationRequest) -> str:
         f"{request.num_images} image(s) of {request.width}x{request.height}: "
         "send a smaller width/height or fewer num_images"
     )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request with its input images loaded: ready for the queue."""
+
+    request: GenerationRequest
+    inputs: InputImages
 
 
 class GenerationService:
@@ -133,29 +142,59 @@ class GenerationService:
     ) -> list[GenerationResult]:
         """Generate each instance (a dict of request fields) in turn, after validating all of them and loading
         their input images; `check` adds a protocol's own rule (run on each validated request)."""
-        assert self.inputs is not None, "load() first"
         with self._admitted():
-            checked = [self._checked(instance) for instance in instances]
-            for request in checked:
-                if check is not None:
-                    check(request)
-            jobs = []
-            for request in checked:
-                self._check_room(request)  # before fetching and decoding its images
-                jobs.append(await self.inputs.load(request))
-            return [await self._generate(request, inputs, request_id) for request, inputs in jobs]
+            prepared = await self.prepare(instances, check)
+            disconnected = CLIENT_DISCONNECTED.get()
+            results = []
+            for item in prepared:
+                control = self.control(item.request, request_id)
+                results.append(await self._generate(item, control, disconnected))
+            return results
+
+    async def prepare(
+        self, instances: list[Any], check: Callable[[GenerationRequest], None] | None = None
+    ) -> list[Prepared]:
+        """Everything that can fail because of the request, done before any generation: validation, the
+        protocol's `check`, room in the queue, fetching and decoding input images (a job is submitted only
+        once this passes)."""
+        assert self.inputs is not None, "load() first"
+        self._refuse_when_draining()
+        checked = [self._checked(instance) for instance in instances]
+        for request in checked:
+            if check is not None:
+                check(request)
+        prepared = []
+        for request in checked:
+            self._check_room(request)  # before fetching and decoding its images
+            prepared.append(Prepared(request, await self.inputs.load(request)))
+        return prepared
+
+    def control(self, request: GenerationRequest, request_id: str) -> RequestControl:
+        """The request's deadline (its `timeout`, or --request_timeout, from now) and cancellation."""
+        return RequestControl(request_id, request.timeout or self.config.request_timeout)
+
+    async def run(
+        self, prepared: Prepared, control: RequestControl, stop: asyncio.Event | None = None, note: str = ""
+    ) -> GenerationResult:
+        """Generate one prepared request (a job's instance): `stop` set drops it from the queue or stops it at
+        its next step; `note` is added to its log line."""
+        with self._admitted():
+            return await self._generate(prepared, control, stop, note)
 
     @contextlib.contextmanager
     def _admitted(self) -> Iterator[None]:
         """Refuse new requests while draining; count the admitted ones in flight."""
-        if self.draining:
-            metrics.count("unknown", ShuttingDown.outcome)
-            raise ShuttingDown("the server is shutting down; another replica (or a retry) will take the request")
+        self._refuse_when_draining()
         metrics.IN_FLIGHT.inc()
         try:
             yield
         finally:
             metrics.IN_FLIGHT.dec()
+
+    def _refuse_when_draining(self) -> None:
+        if self.draining:
+            metrics.count("unknown", ShuttingDown.outcome)
+            raise ShuttingDown("the server is shutting down; another replica (or a retry) will take the request")
 
     def _check_room(self, request: GenerationRequest) -> None:
         try:
@@ -174,15 +213,17 @@ class GenerationService:
             metrics.count(task if task in TASK_TYPES else "unknown", "invalid")
             raise
 
-    async def _generate(self, request: GenerationRequest, inputs: InputImages, request_id: str) -> GenerationResult:
-        assert self.runner is not None and request.task_type is not None
+    async def _generate(
+        self, prepared: Prepared, control: RequestControl, stop: asyncio.Event | None, note: str = ""
+    ) -> GenerationResult:
+        assert self.runner is not None and prepared.request.task_type is not None
+        request, request_id = prepared.request, control.request_id
         task = request.task_type
         seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
-        control = RequestControl(request_id, request.timeout or self.config.request_timeout)
         self._active.add(control)
-        job = partial(self._run, request, seed, inputs)
+        job = partial(self._run, request, seed, prepared.inputs)
         try:
-            timed = await self.worker.run(job, control, CLIENT_DISCONNECTED.get())
+            timed = await self.worker.run(job, control, stop)
         except ServingError as exc:
             metrics.count(task, exc.outcome)
             logger.warning("request=%s task=%s %s: %s", request_id, task, exc.outcome, exc)
@@ -209,8 +250,9 @@ class GenerationService:
             result = await asyncio.get_running_loop().run_in_executor(self.encoder, encode)
         self._record(request, control, timed.queue_wait, timed.run_time, result)
         logger.info(
-            "request=%s task=%s size=%dx%d steps=%d %s scheduler=%s seed=%d queue_wait=%.3fs generation=%.3fs",
+            "request=%s%s task=%s size=%dx%d steps=%d %s scheduler=%s seed=%d queue_wait=%.3fs generation=%.3fs",
             request_id,
+            note,
             task,
             result.width,
             result.height,

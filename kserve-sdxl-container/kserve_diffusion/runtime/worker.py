@@ -59,12 +59,16 @@ class GenerationWorker:
         self._lock = threading.Lock()
         self.waiting = 0  # admitted, not started
         self.running = 0  # 0 or 1
-        self._recent: deque[float] = deque([1.0], maxlen=RECENT_RUNS)
+        self.dequeued = 0  # requests that left the queue (started or dropped): queue positions count these
+        self._recent: deque[float] = deque(maxlen=RECENT_RUNS)
+
+    def mean_run_time(self) -> float | None:
+        """The mean of the recent generation times (None before the first)."""
+        return sum(self._recent) / len(self._recent) if self._recent else None
 
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: the jobs ahead times the recent mean generation time."""
-        mean = sum(self._recent) / len(self._recent)
-        return max(1, math.ceil((self.waiting + self.running) * mean))
+        return max(1, math.ceil((self.waiting + self.running) * (self.mean_run_time() or 1.0)))
 
     def _refuse_when_full(self) -> None:
         if self.waiting >= self.max_queue:
@@ -91,6 +95,7 @@ class GenerationWorker:
     def _start(self) -> None:
         with self._lock:
             self.waiting -= 1
+            self.dequeued += 1
             self.running = 1
 
     async def run(
@@ -105,6 +110,7 @@ class GenerationWorker:
         def timed() -> Timed[T]:
             self._start()
             try:
+                control.started()
                 control.check(f"after waiting {time.perf_counter() - submitted:.1f} s in the queue")
                 started = time.perf_counter()
                 try:
@@ -131,7 +137,9 @@ class GenerationWorker:
                 return result.result()
             if left is not None and left in done:
                 control.cancel(ClientGone, "the client disconnected")
-                stop: Exception = ClientGone("the client disconnected while the request waited in the queue")
+                stop: Exception = control.stopping("while the request waited in the queue") or ClientGone(
+                    "the client disconnected while the request waited in the queue"
+                )
             else:
                 stop = DeadlineExceeded(
                     f"the request's {control.timeout:g} s timeout passed while it waited in the queue; it did not run"
@@ -156,6 +164,7 @@ class GenerationWorker:
         if future.cancel():
             with self._lock:
                 self.waiting -= 1
+                self.dequeued += 1
             return True
         return False
 

@@ -18,10 +18,13 @@ from kserve.model_server import app
 
 from ..api.request import FILE_FIELDS
 from ..config import ServerConfig
+from ..jobs.manager import JobManager
+from ..jobs.store import JobStore
 from ..runtime.service import GenerationService
-from . import grpc_errors, handlers, slow_clients
+from . import grpc_errors, handlers, jobs, slow_clients
 from .model import DiffusionModel
 from .openai import images as openai_images
+from .openai import videos as openai_videos
 from .repository import ReadOnlyRepository
 from .request_body import RequestBodyGuard
 from .request_ids import RequestIdHeader
@@ -52,7 +55,7 @@ def _size_grpc_messages(config: ServerConfig) -> None:
             setattr(kserve_model_server.args, name, max(size, MAX_GRPC_MESSAGE_LENGTH))
 
 
-def _drain_on_sigterm(service: GenerationService, grace_seconds: float) -> None:
+def _drain_on_sigterm(service: GenerationService, manager: JobManager, grace_seconds: float) -> None:
     """From inside the running server: make SIGTERM drain the model first, then hand over to uvicorn's handler
     (which stops the HTTP server and, through KServe, the gRPC server; the process then exits 0)."""
     loop = asyncio.get_running_loop()
@@ -60,6 +63,7 @@ def _drain_on_sigterm(service: GenerationService, grace_seconds: float) -> None:
 
     async def drain_then_stop() -> None:
         await service.drain(grace_seconds)
+        await manager.drain()  # every local job has written its end to the store
         if callable(stop_server):
             stop_server(signal.SIGTERM, None)
 
@@ -72,11 +76,16 @@ def _drain_on_sigterm(service: GenerationService, grace_seconds: float) -> None:
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
 
-def serve(service: GenerationService) -> None:
-    """Serve the loaded `service` until SIGTERM: KServe v1/v2 REST and gRPC, and the OpenAI routes."""
+def serve(service: GenerationService, store: JobStore) -> None:
+    """Serve the loaded `service` until SIGTERM: KServe v1/v2 REST and gRPC, jobs in `store`, and the OpenAI
+    routes."""
     config = service.config
+    manager = JobManager(service, store, jobs.render_predictions)
+    app.include_router(jobs.router(manager, config.max_instances))
     app.include_router(openai_images.router(service, config.max_image_bytes, config.max_image_pixels))
+    app.include_router(openai_videos.router(manager, config.job_ttl_seconds))
     app.add_middleware(V2RequestGuard, files=FILE_FIELDS)
+    app.add_middleware(jobs.RespondAsync)
     app.add_middleware(RequestIdHeader)
     assert config.max_body_bytes is not None  # resolved by parse_config
     # Outermost: bounds and buffers the body before anything else reads it.
@@ -90,9 +99,13 @@ def serve(service: GenerationService) -> None:
     async def lifespan(app_: Any) -> AsyncIterator[Any]:
         handlers.install(app, service.name)  # after KServe's own handlers, which it adds when it starts
         handlers.quiet_request_logs()
-        _drain_on_sigterm(service, config.shutdown_grace_seconds)  # uvicorn's own handler is in place by now
-        async with serve_lifespan(app_) as state:
-            yield state
+        _drain_on_sigterm(service, manager, config.shutdown_grace_seconds)  # uvicorn's handler is in place by now
+        await manager.start()
+        try:
+            async with serve_lifespan(app_) as state:
+                yield state
+        finally:
+            await manager.close()
 
     app.router.lifespan_context = lifespan
     server = ModelServer(**config.model_server)

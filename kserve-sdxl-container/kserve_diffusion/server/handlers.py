@@ -19,7 +19,7 @@ from kserve.logging import logger
 
 from ..api.messages import quoted, shown
 from ..errors import GenerationFailed, ServingError
-from ..redact import loggable, request_id, strip_query
+from ..redact import loggable, request_id, strip_query, without_job_ids
 
 MAX_MESSAGE_CHARS = 500  # a client-caused message longer than this is cut
 
@@ -122,13 +122,15 @@ def quiet_request_logs() -> None:
 def _access_filter(record: logging.LogRecord) -> bool:
     # uvicorn's access record: (client address, method, path with query, HTTP version, status).
     if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
-        record.args = (*record.args[:2], loggable(strip_query(record.args[2]), MAX_PATH_CHARS), *record.args[3:])
+        path = without_job_ids(strip_query(record.args[2]))
+        record.args = (*record.args[:2], loggable(path, MAX_PATH_CHARS), *record.args[3:])
     return True
 
 
 def _capped_filter(record: logging.LogRecord) -> bool:
     # KServe's timing lines name the metric after the path.
     message = record.getMessage()
-    if len(message) > 2 * MAX_PATH_CHARS:
-        record.msg, record.args = loggable(message, 2 * MAX_PATH_CHARS), ()
+    redacted = without_job_ids(message)
+    if len(redacted) > 2 * MAX_PATH_CHARS or redacted != message:
+        record.msg, record.args = loggable(redacted, 2 * MAX_PATH_CHARS), ()
     return True

@@ -17,7 +17,15 @@ from ...errors import GenerationFailed, RequestError, ServerBusy, ServingError
 
 OWNER = "kserve-diffusion"
 # Our field names as the OpenAI parameter a client sent, for error messages.
-OPENAI_NAMES = {"num_images": "n", "quality": "output_compression", "width": "size", "height": "size"}
+OPENAI_NAMES = {
+    "num_images": "n",
+    "quality": "output_compression",
+    "width": "size",
+    "height": "size",
+    "video_width": "size",
+    "video_height": "size",
+    "num_frames": "seconds",
+}
 
 
 class ImageGenerationRequest(BaseModel):

@@ -1,0 +1,1 @@
+"""Jobs: long generations submitted, followed and fetched later, in a store every replica shares."""

@@ -1,0 +1,229 @@
+"""OpenAI Videos API over the job manager: `/openai/v1/videos` create, list, retrieve, delete, content.
+
+A video is a job made through these routes. `seconds` and `size` become `num_frames` (seconds x fps + 1,
+Wan's 4k+1 at whole seconds and an even fps) and `video_width`/`video_height`; our own fields (seed,
+num_inference_steps, fps, negative_prompt, ...) come as extra fields, in JSON or in the multipart form
+the SDK sends. Answers and errors have OpenAI's shapes.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from ...api.messages import quoted, shown
+from ...api.request import FIELD_KINDS, GenerationRequest
+from ...errors import JobNotFound
+from ...jobs.manager import JobManager
+from ...jobs.records import JobRecord
+from ...redact import request_id
+from .images import PREFIX, _extras, _form_value, _size
+from .schemas import ERRORS, OpenAIError, OpenAIRoute
+
+STATUSES = {
+    "queued": "queued",
+    "running": "in_progress",
+    "succeeded": "completed",
+    "failed": "failed",
+    "cancelled": "failed",
+}
+LIST_WINDOW = 500  # GET /videos pages through this many of the newest videos
+DEFAULT_FPS: int = GenerationRequest.model_fields["fps"].default
+MAX_SECONDS_DIGITS = 4
+# Our fields that `seconds` and `size` set: sent as extra fields they are a 400 naming the OpenAI one.
+_SET_BY_VIDEOS = {
+    "num_frames": "send seconds",
+    "video_width": "send size",
+    "video_height": "send size",
+    "width": "send size",
+    "height": "send size",
+    "task_type": "the endpoint sets it: text2video",
+    "num_images": "one video per request",
+}
+_CONTENT_TYPES = {"mp4": "video/mp4", "gif": "image/gif", "webp": "image/webp"}
+
+
+def video_object(record: JobRecord, ttl: float) -> dict[str, Any]:
+    """The job as OpenAI's video object."""
+    error = None
+    if record.status == "cancelled":
+        error = {"code": "cancelled", "message": "the video job was cancelled"}
+    elif record.error is not None:
+        error = {"code": str(record.error.get("status", "failed")), "message": record.error.get("message", "")}
+    return {
+        "id": record.id,
+        "object": "video",
+        "status": STATUSES[record.status],
+        "progress": round(record.progress()["fraction"] * 100),
+        "created_at": int(record.created_at),
+        "completed_at": int(record.finished_at) if record.finished_at else None,
+        "expires_at": int(record.finished_at + ttl) if record.finished_at else None,
+        "model": record.model,
+        "prompt": record.extra.get("prompt"),
+        "seconds": record.extra.get("seconds"),
+        "size": record.extra.get("size"),
+        "error": error,
+        "remixed_from_video_id": None,
+    }
+
+
+def _seconds(value: Any, fps: int, max_frames: int) -> tuple[str, int]:
+    """OpenAI's `seconds` ("4") as (the text shown back, num_frames)."""
+    text = str(value).strip()
+    if not (text.isdigit() and len(text) <= MAX_SECONDS_DIGITS and int(text) >= 1):
+        raise OpenAIError(400, f"seconds: must be a whole number of seconds, at least 1, got {shown(value)}", "seconds")
+    frames = int(text) * fps + 1
+    if frames > max_frames:
+        most = (max_frames - 1) // fps
+        raise OpenAIError(
+            400,
+            f"seconds: {text} s at {fps} fps is {frames} frames; this server makes at most {max_frames} frames "
+            f"(at most {most} s at {fps} fps; send a lower fps for longer videos)",
+            "seconds",
+        )
+    return text, frames
+
+
+def router(jobs: JobManager, ttl: float) -> APIRouter:
+    """The Videos routes, answered from `jobs` (finished videos are kept `ttl` seconds)."""
+    api = APIRouter(
+        prefix=PREFIX, route_class=OpenAIRoute, tags=["OpenAI Videos API"], default_response_class=JSONResponse
+    )
+    service = jobs.service
+
+    async def find(video_id: str) -> JobRecord:
+        try:
+            record = await jobs.get(video_id)
+        except JobNotFound as exc:
+            raise OpenAIError(404, exc.message, "video_id", "video_not_found") from None
+        if record.api != "openai":
+            raise OpenAIError(404, "no video with this id here", "video_id", "video_not_found")
+        return record
+
+    async def read_body(request: Request) -> dict[str, Any]:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data") or content_type.startswith(
+            "application/x-www-form-urlencoded"
+        ):
+            form = await request.form()
+            fields: dict[str, Any] = {}
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    fields[key] = value
+                else:
+                    fields[key] = _form_value(key, value) if key in FIELD_KINDS else value
+            return fields
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise OpenAIError(400, f"body: malformed JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise OpenAIError(400, "body: must be a JSON object or a multipart form")
+        return body
+
+    @api.post("/videos", responses=ERRORS, summary="Create a video job (OpenAI Videos API)")
+    async def create(request: Request) -> JSONResponse:
+        if not service.ready:
+            raise OpenAIError(503, f"model {service.name!r} is not ready", code="not_ready")
+        body = await read_body(request)
+        prompt = body.pop("prompt", None)
+        if not isinstance(prompt, str) or not prompt:
+            raise OpenAIError(400, "prompt: required, a non-empty string", "prompt")
+        model = body.pop("model", None)
+        if model is not None and model != service.name:
+            raise OpenAIError(
+                404,
+                f"model: {quoted(str(model))} is not served here; this server serves {service.name!r}",
+                "model",
+                "model_not_found",
+            )
+        if "text2video" not in service.tasks():
+            raise OpenAIError(400, f"model: {service.name!r} does not generate video", "model")
+        if body.pop("input_reference", None) is not None:
+            raise OpenAIError(
+                400,
+                "input_reference: image-to-video is not served by this model (text-to-video only)",
+                "input_reference",
+            )
+        seconds = body.pop("seconds", None)
+        size = body.pop("size", None)
+        for name, why in _SET_BY_VIDEOS.items():
+            if name in body:
+                raise OpenAIError(400, f"{name}: not accepted here ({why})", name)
+        fields: dict[str, Any] = {**_extras(body), "prompt": prompt, "task_type": "text2video"}
+        fps = fields.get("fps", DEFAULT_FPS)
+        if not isinstance(fps, int) or isinstance(fps, bool):
+            raise OpenAIError(400, f"fps: must be an integer, got {shown(fps)}", "fps")
+        if seconds is not None:
+            seconds, fields["num_frames"] = _seconds(seconds, fps, service.limits.max_frames)
+        if size is not None:
+            dimensions = _size(str(size))
+            fields["video_width"], fields["video_height"] = dimensions.get("width"), dimensions.get("height")
+            fields = {k: v for k, v in fields.items() if v is not None}
+        rid = request_id(request.headers.get("x-request-id"))
+
+        def describe(requests: list[GenerationRequest]) -> dict[str, Any]:
+            # What will be made, as OpenAI shows it: whole seconds and WxH.
+            [made] = requests
+            shown_seconds = seconds if seconds is not None else str((made.num_frames - 1) // made.fps)
+            return {"prompt": prompt, "seconds": shown_seconds, "size": f"{made.video_width}x{made.video_height}"}
+
+        record = await jobs.submit([fields], rid, api="openai", describe=describe)
+        return JSONResponse(video_object(record, ttl))
+
+    @api.get("/videos", summary="List recent videos")
+    async def list_videos(
+        after: Annotated[str | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    ) -> JSONResponse:
+        records = await jobs.recent(LIST_WINDOW, api="openai")
+        if order == "asc":
+            records.reverse()
+        if after is not None:
+            ids = [r.id for r in records]
+            records = records[ids.index(after) + 1 :] if after in ids else []
+        page = records[:limit]
+        data = [video_object(r, ttl) for r in page]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+                "has_more": len(records) > limit,
+            }
+        )
+
+    @api.get("/videos/{video_id}", responses=ERRORS, summary="A video job's status")
+    async def retrieve(video_id: str) -> JSONResponse:
+        return JSONResponse(video_object(await find(video_id), ttl))
+
+    @api.delete("/videos/{video_id}", responses=ERRORS, summary="Delete a video (cancelling it if unfinished)")
+    async def delete(video_id: str) -> JSONResponse:
+        await find(video_id)
+        await jobs.forget(video_id)
+        return JSONResponse({"id": video_id, "object": "video.deleted", "deleted": True})
+
+    @api.get("/videos/{video_id}/content", responses=ERRORS, summary="The video file (MP4 unless asked otherwise)")
+    async def content(video_id: str, variant: Annotated[str, Query()] = "video") -> Response:
+        if variant != "video":
+            raise OpenAIError(400, f"variant: only video is served, got {shown(variant)}", "variant")
+        record = await find(video_id)
+        if record.status != "succeeded":
+            state = STATUSES[record.status]
+            raise OpenAIError(409, f"the video is {state}, not completed: there is no content yet", "video_id")
+        stored = await jobs.result(video_id)
+        if stored is None:
+            raise OpenAIError(404, "the video's content has expired", "video_id", "video_not_found")
+        data_url = orjson.loads(stored)[0]["video"]
+        header, _, payload = data_url.partition(",")
+        kind = header.removeprefix("data:").split(";")[0]
+        return Response(base64.b64decode(payload), media_type=kind, headers={"Content-Disposition": "inline"})
+
+    return api
