@@ -16,7 +16,7 @@ GRPC_PORT ?= 8081
 CONSTRAINTS := constraints.txt
 NOTEBOOK_CONSTRAINTS := constraints-notebook.txt
 
-.PHONY: install notebook-env demo test test-fast docs lock fuzz bench bench-gpu lint clean
+.PHONY: install notebook-env find-redis demo test test-fast docs lock fuzz bench bench-gpu lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,9 +53,22 @@ demo: install $(DEMO_MODEL)/model_index.json $(DEMO_VIDEO_MODEL)/model_index.jso
 	$(PY) -m kserve_diffusion --model_name sdxl --model_id $(DEMO_MODEL) --video_model_id $(DEMO_VIDEO_MODEL) \
 		--device cpu --http_port $(HTTP_PORT) --grpc_port $(GRPC_PORT)
 
+# The Redis job store tests start real redis-server processes: found on PATH, else installed with apt-get
+# when this runs as root on Debian/Ubuntu; otherwise those tests are skipped, and say so.
+find-redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server (apt-get) for the Redis job store tests"; \
+	    apt-get install -y -q redis-server >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q redis-server >/dev/null 2>&1; } || \
+	      echo "note: apt-get could not install redis-server; the Redis job store tests will be skipped"; \
+	  else \
+	    echo "note: no redis-server on PATH; the Redis job store tests will be skipped (sudo apt-get install redis-server, or dnf install redis)"; \
+	  fi; }
+
 # -rs: say which checks were skipped and why (no GPU, no ../shared for the manifest validation, ...)
 # Every tier: unit, model, server, deploy (docs/development.md).
-test: install notebook-env
+test: install notebook-env find-redis
 	$(PY) -m pytest -q -rs
 
 # The unit tier: no server process, no generation (seconds).

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 from kserve_diffusion.config import build_parser, defaults, parse_config
+from kserve_diffusion.runtime import metrics
 
 from tests.conftest import ROOT, VENV_PATH, ServerProcess
 from tests.helpers import only_image, predict, small
@@ -232,6 +233,28 @@ def test_inference_services_cover_every_deployment() -> None:
         assert mode == ("Serverless" if path.parent.name == "serverless" else "RawDeployment"), path
         if mode == "Serverless":
             assert predictor["containerConcurrency"] == 1, path
+
+
+def test_the_scale_out_manifests_share_a_redis_and_scale_on_queue_length() -> None:
+    docs = manifest_objects()
+    service = inference_services()[MANIFESTS / "scale-out" / "wan-jobs.yaml"]
+    predictor = service["spec"]["predictor"]
+    assert predictor["minReplicas"] > 1 and predictor["maxReplicas"] > predictor["minReplicas"]
+    assert service["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
+    (metric,) = predictor["autoScaling"]["metrics"]
+    assert metric["type"] == "External" and metric["external"]["metric"]["backend"] == "prometheus"
+    assert f"{metrics.QUEUE_LENGTH._name}{{" in metric["external"]["metric"]["query"]  # the gauge the server exports
+    redis = {doc["kind"]: doc for doc in docs[MANIFESTS / "scale-out" / "redis.yaml"]}
+    host, port = redis["Service"]["metadata"]["name"], redis["Service"]["spec"]["ports"][0]["port"]
+    args = predictor["model"]["args"]
+    (store,) = [arg for arg in args if arg.startswith("--job_store=")]
+    assert store == f"--job_store=redis://:$(REDIS_PASSWORD)@{host}:{port}/0"
+    secret = redis["Secret"]["metadata"]["name"]
+    (password,) = predictor["model"]["env"]
+    assert password["name"] == "REDIS_PASSWORD" and password["valueFrom"]["secretKeyRef"]["name"] == secret
+    assert redis["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"] == {
+        "secretKeyRef": {"name": secret, "key": "password"}
+    }
 
 
 # What the Serverless variant of an InferenceService changes; everything else must stay the same.

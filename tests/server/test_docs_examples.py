@@ -37,6 +37,9 @@ def test_demo_examples_run_as_written(video_server: ServerProcess, tmp_path: Pat
     assert (tmp_path / "fox.jpg").read_bytes().startswith(b"\xff\xd8\xff")
     assert (tmp_path / "fox.webp").read_bytes()[8:12] == b"WEBP"
     assert "512x512 jpeg 42" in answers  # the README's OpenAI SDK example
+    for video in ("fox-job.mp4", "fox-openai.mp4"):  # docs/jobs.md: a job's predictions, the Videos API
+        assert (tmp_path / video).read_bytes()[4:8] == b"ftyp", video
+    assert "completed 100 2 256x256" in answers and "preference-applied: respond-async" in answers.lower()
 
 
 @needs_tools

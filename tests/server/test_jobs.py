@@ -69,6 +69,16 @@ def test_a_video_job_holds_the_mp4(http: httpx.Client) -> None:
     assert done["predictions"][0]["video"].startswith("data:video/mp4;base64,")
 
 
+def test_an_img2img_job_reads_its_input_image_at_submission(http: httpx.Client) -> None:
+    [source] = predict(http, QUICK).json()["predictions"][0]["images"]
+    edit = {"task_type": "img2img", "prompt": "oil painting", "image": source, "strength": 0.5, "seed": 2}
+    edit["num_inference_steps"] = 4
+    done = wait_for(http, job_url(submit(http, edit)))
+    assert done["status"] == "succeeded", done
+    assert done["predictions"] == predict(http, edit).json()["predictions"]
+    assert done["progress"]["total_steps"] == 2  # 4 steps x strength 0.5
+
+
 def test_several_instances_make_one_job(http: httpx.Client) -> None:
     second = {**QUICK, "seed": 8}
     done = wait_for(http, job_url(submit(http, QUICK, second)))

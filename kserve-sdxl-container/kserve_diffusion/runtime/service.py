@@ -166,7 +166,8 @@ class GenerationService:
         prepared = []
         for request in checked:
             self._check_room(request)  # before fetching and decoding its images
-            prepared.append(Prepared(request, await self.inputs.load(request)))
+            loaded, inputs = await self.inputs.load(request)  # sizes may follow the input image
+            prepared.append(Prepared(loaded, inputs))
         return prepared
 
     def control(self, request: GenerationRequest, request_id: str) -> RequestControl:
