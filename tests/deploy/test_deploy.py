@@ -334,8 +334,11 @@ def test_notebook_runs_as_written(notebook_server: ServerProcess) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     shown = json.loads(result.stdout)
     assert shown["mime_counts"].get("image/png", 0) == 5  # text2img, refiner, img2img, inpaint, v2
-    assert any("<video" in html and "data:video/mp4;base64," in html for html in shown["html"])
+    videos = [html for html in shown["html"] if "<video" in html and "data:video/mp4;base64," in html]
+    assert len(videos) == 2  # a predict, and a job's
+    assert any(html.startswith('<progress value="1.0"') and "succeeded" in html for html in shown["html"])
     text = shown["text"]
+    assert "job succeeded in" in text
     assert "same seed, same bytes: True" in text and "another seed, another image: True" in text
     assert "400 {'error': 'height: must be a multiple of 8 (e.g. 1016 or 1024), got 1020'}" in text
     assert "num_inference_step: unknown field" in text
