@@ -1,6 +1,6 @@
 """`make bench`: measure, then write benchmarks/results/{cpu,gpu}.{json,md,png}.
 
-python -m benchmarks.bench            # CPU: serving overhead, throughput, health, encoding, cold start
+python -m benchmarks.bench            # CPU: serving overhead, throughput, health, encoding, cold start, jobs
 python -m benchmarks.bench --gpu      # CUDA: full-size SDXL, FLUX.1-dev and Wan2.1-1.3B, random weights
 """
 
@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import encoding, gpu, report, serving  # noqa: E402
+from benchmarks import encoding, gpu, jobs, report, serving  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -25,6 +25,7 @@ RESULTS = Path(__file__).parent / "results"
 def cpu_results(plan: serving.Plan) -> dict[str, Any]:
     """Every CPU figure, as report sections."""
     figures = serving.measure(plan)
+    job_figures = jobs.measure(plan)
     return {
         "machine": report.machine(),
         "sections": [
@@ -54,6 +55,20 @@ def cpu_results(plan: serving.Plan) -> dict[str, Any]:
                 "note": "The GPU mode's loop with the tiny SDXL on the CPU: what each option does to a small "
                 "model on a CPU, not what it does on a GPU (see gpu.md). First call includes any compilation.",
                 "rows": speed_options(plan),
+            },
+            {
+                "title": "g. Jobs: overhead over :predict",
+                "note": "The same request as a synchronous :predict and as a job (submit, follow its Server-Sent "
+                "Events to the end, GET the predictions), alternately, medians; memory store, and Redis when "
+                "redis-server is installed.",
+                "rows": job_figures["overhead"],
+            },
+            {
+                "title": "h. Jobs: from a step to its event",
+                "note": f"A {jobs.EVENT_SIZE}x{jobs.EVENT_SIZE} job of {jobs.EVENT_STEPS} steps (about 0.1 s a step): "
+                "each progress event's arrival at the client minus the time its step finished on the "
+                "accelerator thread (`step_at`).",
+                "rows": job_figures["delay"],
             },
         ],
     }

@@ -148,4 +148,7 @@ def test_bench_quick_run_writes_its_results(tmp_path: Path) -> None:
     assert {row["encoding"] for row in sections["b,"]} == {"encode pool (default)", "encode on the accelerator thread"}
     assert all(row["health p99 (ms, goal <= 50)"] > 0 for row in sections["b,"])
     assert "| PNG level 1 (default) |" in (tmp_path / "cpu.md").read_text()
+    assert [row["store"] for row in sections["g."]] == [row["store"] for row in sections["h."]]
+    assert all(row["overhead ratio (goal <= 1.05)"] > 0 for row in sections["g."])
+    assert all(row["progress events"] >= 3 and row["p95 (ms, goal <= 100)"] >= 0 for row in sections["h."])
     assert (tmp_path / "cpu.png").read_bytes().startswith(b"\x89PNG")

@@ -46,7 +46,7 @@ class LocalJob:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     steps_done: int = 0  # steps of its finished instances
     last_progress: float = 0.0  # monotonic time of the last progress write
-    pending_step: int | None = None  # the newest step not yet written
+    pending_step: tuple[int, float] | None = None  # the newest step not yet written, and when it finished
     writer: asyncio.Task[None] | None = None
     task: asyncio.Task[None] | None = None
     position: int | None = None  # the queue position last written
@@ -96,10 +96,10 @@ class LocalJobs:
         if now - job.last_progress < PROGRESS_INTERVAL:
             return
         job.last_progress = now
-        self._call(self._progress, job, job.steps_done + steps)
+        self._call(self._progress, job, job.steps_done + steps, time.time())
 
-    def _progress(self, job: LocalJob, step: int) -> None:
-        job.pending_step = step
+    def _progress(self, job: LocalJob, step: int, at: float) -> None:
+        job.pending_step = (step, at)
         if job.writer is None or job.writer.done():
             job.writer = asyncio.create_task(self._write_progress(job, job.writer))
 
@@ -107,15 +107,15 @@ class LocalJobs:
         if before is not None:
             await before  # the running status is written first
         while job.pending_step is not None:
-            step, job.pending_step = job.pending_step, None
+            (step, at), job.pending_step = job.pending_step, None
 
-            def advance(record: JobRecord, step: int = step) -> JobRecord | None:
+            def advance(record: JobRecord, step: int = step, at: float = at) -> JobRecord | None:
                 if record.status != "running" or step <= record.step:
                     return None
                 total = max(record.total_steps, step)
                 elapsed = time.time() - (record.started_at or time.time())
                 eta = round(elapsed / step * (total - step), 1)
-                return record.replace(step=step, total_steps=total, eta_seconds=eta)
+                return record.replace(step=step, step_at=at, total_steps=total, eta_seconds=eta)
 
             await self.write(job, advance)
 

@@ -47,6 +47,7 @@ class JobRecord:
     api: str = "kserve"  # which routes made it: kserve (/jobs, respond-async) or openai (/videos)
     status: str = "queued"
     step: int = 0
+    step_at: float | None = None  # Unix time the last step written finished (on the accelerator thread)
     queue_position: int | None = 0
     eta_seconds: float | None = None
     started_at: float | None = None
@@ -61,10 +62,10 @@ class JobRecord:
         return self.status in FINISHED
 
     def progress(self) -> dict[str, Any]:
-        """{"step", "total_steps", "fraction"}: 1.0 only once succeeded."""
+        """{"step", "total_steps", "fraction", "step_at"}: fraction is 1.0 only once succeeded."""
         total = max(self.total_steps, self.step, 1)
         fraction = 1.0 if self.status == "succeeded" else min(self.step / total, 0.99)
-        return {"step": self.step, "total_steps": total, "fraction": round(fraction, 4)}
+        return {"step": self.step, "total_steps": total, "fraction": round(fraction, 4), "step_at": self.step_at}
 
     def replace(self, **changes: Any) -> JobRecord:
         """A copy with `changes`."""
