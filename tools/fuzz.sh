@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make fuzz: schemathesis generates requests from the server's own /openapi.json (v1, v2, OpenAI routes)
+# make fuzz: schemathesis generates requests from the server's own /openapi.json (v1, v2, jobs, OpenAI routes)
 # against a tiny model with small limits (so that every valid request is cheap) and fails on any 5xx.
 # FUZZ_EXAMPLES (default 200) examples per operation; FUZZ_SEED (default 1) makes the run repeatable.
 set -euo pipefail
@@ -8,13 +8,15 @@ PY=.venv/bin/python
 ST=.venv-fuzz/bin/schemathesis
 PORT=${FUZZ_PORT:-18390}
 model=.cache/tiny/sdxl
+video=.cache/tiny/wan
 [ -f "$model/model_index.json" ] || "$PY" -m kserve_diffusion.testing.tiny --family sdxl --out "$model"
+[ -f "$video/model_index.json" ] || "$PY" -m kserve_diffusion.testing.tiny --family wan --out "$video"
 mkdir -p benchmarks/results/fuzz
 log=benchmarks/results/fuzz/server.log
-"$PY" -m kserve_diffusion --model_name sdxl --model_id "$model" --device cpu \
+"$PY" -m kserve_diffusion --model_name sdxl --model_id "$model" --video_model_id "$video" --device cpu \
   --http_port "$PORT" --grpc_port $((PORT + 1)) \
   --max_steps 2 --max_side 128 --max_pixels 16384 --max_num_images 1 --max_instances 2 \
-  --max_frames 5 --request_timeout 20 --max_body_bytes 2000000 >"$log" 2>&1 &
+  --max_frames 5 --max_video_pixels 20480 --request_timeout 20 --max_body_bytes 2000000 --max_jobs 50 >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 120); do

@@ -210,8 +210,9 @@ class ServerConfig:
         1000, "most jobs kept (memory store); the oldest finished ones are forgotten first", minimum=1
     )
     max_job_result_bytes: int = setting(
-        2_000_000_000,
-        "most bytes of finished jobs' results kept (memory store); the oldest finished ones are forgotten first",
+        1_000_000_000,
+        "most bytes of finished jobs' results kept in the server's memory (memory store); the oldest finished "
+        "ones are forgotten first, and a larger result fails its job with a 507",
         minimum=1,
     )
     job_ttl_seconds: float = setting(
