@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from typing import Annotated, Any, Literal, Protocol
 
@@ -17,11 +16,11 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from ... import media
-from ...api.messages import quoted, shown
-from ...api.request import FIELD_KINDS, MAX_PROMPT_CHARS
+from ...api.messages import quoted
+from ...api.request import MAX_PROMPT_CHARS
 from ...api.results import GenerationResult
-from ...config import parse_bool
 from ...redact import loggable, request_id
+from .fields import form_value, is_true, our_fields, parse_size
 from .schemas import (
     ERRORS,
     ImageData,
@@ -34,9 +33,8 @@ from .schemas import (
 )
 
 PREFIX = "/openai/v1"
-_SIZE = re.compile(r"(?P<width>\d{1,6})x(?P<height>\d{1,6})")  # bounded: int() of 4300+ digits raises
 # Our fields the endpoint sets from OpenAI parameters: sent as extra fields they are a 400 naming the right one.
-_SET_BY_ENDPOINT = {
+SET_BY_IMAGES = {
     "num_images": "send n",
     "width": "send size",
     "height": "send size",
@@ -46,18 +44,6 @@ _SET_BY_ENDPOINT = {
     "mask": "send it to /openai/v1/images/edits as the multipart file `mask`",
     "mask_url": "send the mask to /openai/v1/images/edits as the multipart file `mask`",
 }
-# OpenAI parameters of other image models that this server cannot honour.
-_UNSUPPORTED = (
-    "style",
-    "moderation",
-    "partial_images",
-    "input_fidelity",
-    "markup",
-    "svg",
-    "complexity",
-    "frame_count",
-    "frame_duration_ms",
-)
 # The edits form fields the endpoint reads itself; any other field is one of ours (seed, strength, ...).
 _EDIT_FORM_FIELDS = frozenset(
     {"image", "image[]", "prompt", "mask", "model", "n", "size", "response_format", "output_format"}
@@ -75,52 +61,6 @@ class ServedModel(Protocol):
     def tasks(self) -> tuple[str, ...]: ...
 
     async def generate(self, instances: list[Any], request_id: str) -> list[GenerationResult]: ...
-
-
-def _size(size: str | None) -> dict[str, int]:
-    if size is None or size == "auto":
-        return {}
-    match = _SIZE.fullmatch(size)
-    if match is None:
-        raise OpenAIError(400, f'size: must be "WIDTHxHEIGHT" (e.g. "1024x1024") or "auto", got {shown(size)}', "size")
-    return {"width": int(match["width"]), "height": int(match["height"])}
-
-
-def _extras(extra: dict[str, Any]) -> dict[str, Any]:
-    """Our fields sent beside OpenAI's, checked against what the endpoint sets itself."""
-    for name, value in extra.items():
-        if name in _UNSUPPORTED and value is not None:
-            raise OpenAIError(
-                400, f"{name}: an OpenAI parameter this server does not support, got {shown(value)}", name
-            )
-        if name in _SET_BY_ENDPOINT:
-            raise OpenAIError(400, f"{name}: not accepted here ({_SET_BY_ENDPOINT[name]})", name)
-    return {name: value for name, value in extra.items() if name not in _UNSUPPORTED}
-
-
-def _is_true(value: Any) -> bool:
-    try:
-        return value is not None and parse_bool(str(value))
-    except ValueError:
-        return False
-
-
-def _form_value(name: str, text: str) -> Any:
-    """A multipart text field as the type of our field `name` (forms carry only text)."""
-    kind = FIELD_KINDS.get(name)
-    try:
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-    except ValueError:
-        raise OpenAIError(400, f"{name}: must be a number, got {shown(text)}", name) from None
-    if kind == "bool":
-        try:
-            return parse_bool(text)
-        except ValueError:
-            raise OpenAIError(400, f"{name}: must be true or false, got {shown(text)}", name) from None
-    return text
 
 
 async def _file_bytes(upload: UploadFile, name: str, max_bytes: int) -> bytes:
@@ -159,7 +99,7 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
     def instance(
         prompt: str, size: str | None, n: int | None, output_format: str | None, compression: int | None
     ) -> dict[str, Any]:
-        fields: dict[str, Any] = {"prompt": prompt, **_size(size)}
+        fields: dict[str, Any] = {"prompt": prompt, **parse_size(size)}
         if n is not None:
             fields["num_images"] = n
         if output_format is not None:
@@ -193,7 +133,7 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
                 "response_format",
             )
         fields = instance(body.prompt, body.size, body.n, body.output_format, body.output_compression)
-        fields.update(_extras(body.model_extra or {}))
+        fields.update(our_fields(body.model_extra or {}, SET_BY_IMAGES))
         fields["task_type"] = "text2img"
         return await respond(fields, request, body.user or body.safety_identifier)
 
@@ -226,11 +166,11 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
         form = await request.form()
         if len(form.getlist("image")) + len(form.getlist("image[]")) > 1:
             raise OpenAIError(400, "image: one input image per request", "image")
-        if _is_true(form.get("stream")):
+        if is_true(form.get("stream")):
             raise OpenAIError(400, "stream: streaming is not supported", "stream")
-        extra = {key: _form_value(key, str(value)) for key, value in form.items() if key not in _EDIT_FORM_FIELDS}
+        extra = {key: form_value(key, str(value)) for key, value in form.items() if key not in _EDIT_FORM_FIELDS}
         fields = instance(prompt, size, n, output_format, output_compression)
-        fields.update(_extras(extra))
+        fields.update(our_fields(extra, SET_BY_IMAGES))
         fields["image"] = await _file_bytes(image, "image", max_image_bytes)
         # Without a mask, the image's own transparent pixels mark where to edit (OpenAI's rule).
         given = await _file_bytes(mask, "mask", max_image_bytes) if mask is not None else None

@@ -22,10 +22,9 @@ OPENAI_NAMES = {
     "quality": "output_compression",
     "width": "size",
     "height": "size",
-    "video_width": "size",
-    "video_height": "size",
-    "num_frames": "seconds",
 }
+# The same for the Videos routes.
+VIDEO_NAMES = {"video_width": "size", "video_height": "size", "num_frames": "seconds"}
 
 
 class ImageGenerationRequest(BaseModel):
@@ -129,13 +128,14 @@ def _error_type(status: int) -> str:
     return "invalid_request_error" if status < 500 else "server_error"
 
 
-def _openai_message(message: str) -> tuple[str, str | None]:
-    """A RequestError message with our field names turned into the OpenAI parameter sent, and that parameter."""
+def _openai_message(message: str, names: dict[str, str]) -> tuple[str, str | None]:
+    """A RequestError message with our field names turned into the OpenAI parameter sent (`names`), and that
+    parameter."""
     parts = []
     for part in message.split("; "):
         field, _, problem = part.partition(": ")
-        if field in OPENAI_NAMES:
-            name = OPENAI_NAMES[field]
+        if field in names:
+            name = names[field]
             part = f"{name}: {field} {problem}" if name == "size" else f"{name}: {problem}"
         parts.append(part)
     first = parts[0].partition(": ")[0]
@@ -160,15 +160,16 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return "; ".join(dict.fromkeys(messages)), params[0] if params else None
 
 
-def as_openai_error(exc: Exception) -> OpenAIError | None:
-    """The OpenAI-shaped answer for an exception the server knows, None for others."""
+def as_openai_error(exc: Exception, names: dict[str, str] = OPENAI_NAMES) -> OpenAIError | None:
+    """The OpenAI-shaped answer for an exception the server knows, None for others; a RequestError names the
+    OpenAI parameter (`names`: our field -> the parameter that set it)."""
     if isinstance(exc, OpenAIError):
         return exc
     if isinstance(exc, RequestValidationError):
         message, param = _validation_message(exc)
         return OpenAIError(400, message, param, "invalid_value")
     if isinstance(exc, RequestError):
-        message, param = _openai_message(str(exc))
+        message, param = _openai_message(str(exc), names)
         return OpenAIError(400, message, param, "invalid_value")
     if isinstance(exc, ServerBusy):  # OpenAI clients back off and retry on 429, honouring Retry-After
         return OpenAIError(429, exc.message, code="queue_full", headers=exc.headers)

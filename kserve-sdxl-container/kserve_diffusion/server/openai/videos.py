@@ -18,12 +18,13 @@ from starlette.datastructures import UploadFile
 
 from ...api.messages import quoted, shown
 from ...api.request import FIELD_KINDS, GenerationRequest
-from ...errors import JobNotFound
+from ...errors import JobNotFound, RequestError
 from ...jobs.manager import JobManager
 from ...jobs.records import JobRecord
 from ...redact import request_id
-from .images import PREFIX, _extras, _form_value, _size
-from .schemas import ERRORS, OpenAIError, OpenAIRoute
+from .fields import form_value, our_fields, parse_size
+from .images import PREFIX
+from .schemas import ERRORS, VIDEO_NAMES, OpenAIError, OpenAIRoute, as_openai_error
 
 STATUSES = {
     "queued": "queued",
@@ -36,7 +37,7 @@ LIST_WINDOW = 500  # GET /videos pages through this many of the newest videos
 DEFAULT_FPS: int = GenerationRequest.model_fields["fps"].default
 MAX_SECONDS_DIGITS = 4
 # Our fields that `seconds` and `size` set: sent as extra fields they are a 400 naming the OpenAI one.
-_SET_BY_VIDEOS = {
+SET_BY_VIDEOS = {
     "num_frames": "send seconds",
     "video_width": "send size",
     "video_height": "send size",
@@ -44,6 +45,10 @@ _SET_BY_VIDEOS = {
     "height": "send size",
     "task_type": "the endpoint sets it: text2video",
     "num_images": "one video per request",
+    "image": "image-to-video is not served by this model",
+    "image_url": "image-to-video is not served by this model",
+    "mask": "videos take no mask",
+    "mask_url": "videos take no mask",
 }
 _CONTENT_TYPES = {"mp4": "video/mp4", "gif": "image/gif", "webp": "image/webp"}
 
@@ -116,7 +121,7 @@ def router(jobs: JobManager, ttl: float) -> APIRouter:
                 if isinstance(value, UploadFile):
                     fields[key] = value
                 else:
-                    fields[key] = _form_value(key, value) if key in FIELD_KINDS else value
+                    fields[key] = form_value(key, value) if key in FIELD_KINDS else value
             return fields
         try:
             body = orjson.loads(await request.body())
@@ -152,17 +157,14 @@ def router(jobs: JobManager, ttl: float) -> APIRouter:
             )
         seconds = body.pop("seconds", None)
         size = body.pop("size", None)
-        for name, why in _SET_BY_VIDEOS.items():
-            if name in body:
-                raise OpenAIError(400, f"{name}: not accepted here ({why})", name)
-        fields: dict[str, Any] = {**_extras(body), "prompt": prompt, "task_type": "text2video"}
+        fields: dict[str, Any] = {**our_fields(body, SET_BY_VIDEOS), "prompt": prompt, "task_type": "text2video"}
         fps = fields.get("fps", DEFAULT_FPS)
         if not isinstance(fps, int) or isinstance(fps, bool):
             raise OpenAIError(400, f"fps: must be an integer, got {shown(fps)}", "fps")
         if seconds is not None:
             seconds, fields["num_frames"] = _seconds(seconds, fps, service.limits.max_frames)
         if size is not None:
-            dimensions = _size(str(size))
+            dimensions = parse_size(str(size))
             fields["video_width"], fields["video_height"] = dimensions.get("width"), dimensions.get("height")
             fields = {k: v for k, v in fields.items() if v is not None}
         rid = request_id(request.headers.get("x-request-id"))
@@ -173,7 +175,12 @@ def router(jobs: JobManager, ttl: float) -> APIRouter:
             shown_seconds = seconds if seconds is not None else str((made.num_frames - 1) // made.fps)
             return {"prompt": prompt, "seconds": shown_seconds, "size": f"{made.video_width}x{made.video_height}"}
 
-        record = await jobs.submit([fields], rid, api="openai", describe=describe)
+        try:
+            record = await jobs.submit([fields], rid, api="openai", describe=describe)
+        except RequestError as exc:  # named as the parameter the client sent: size, seconds
+            error = as_openai_error(exc, VIDEO_NAMES)
+            assert error is not None
+            raise error from None
         return JSONResponse(video_object(record, ttl))
 
     @api.get("/videos", summary="List recent videos")
