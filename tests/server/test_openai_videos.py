@@ -98,6 +98,19 @@ def test_bad_videos_are_400_naming_the_parameter(sdk: openai.OpenAI, fields: dic
     assert raised.value.response.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize(
+    "query", [{"limit": "44629"}, {"limit": "zero"}, {"order": "sideways\u00e9"}, {"after": "x" * 5000}]
+)
+def test_bad_list_parameters_are_400_or_an_empty_page(http: httpx.Client, query: dict) -> None:
+    answer = http.get("/openai/v1/videos", params=query)
+    if "after" in query:  # an unknown id: nothing after it
+        assert answer.status_code == 200 and answer.json()["data"] == []
+        return
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == next(iter(query)) and len(answer.text) < 600
+
+
 def test_another_model_is_404(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as raised:
         sdk.videos.create(prompt="a fox", model="sora-2")

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...api.messages import shown
 from ...api.request import MAX_PROMPT_CHARS, describe_error
 from ...errors import GenerationFailed, RequestError, ServerBusy, ServingError
 
@@ -153,6 +154,12 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         if error["type"] == "json_invalid":
             messages.append(f"body: malformed JSON ({error.get('ctx', {}).get('error', 'decode error')})")
             params.append(None)
+            continue
+        if loc and loc[0] in ("query", "path", "header"):  # a route's own parameter, not a body field
+            name = shown(loc[-1])[1:-1]
+            problem = error["msg"][:1].lower() + error["msg"][1:]
+            messages.append(f"{name}: {problem}, got {shown(error.get('input'))}")
+            params.append(loc[-1])
             continue
         error = {**error, "loc": tuple(loc)}
         messages.append(describe_error(error, model=ImageGenerationRequest))
