@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import orjson
 import pytest
 
@@ -201,6 +202,17 @@ def test_a_full_queue_is_503_with_retry_after_at_submission(http: httpx.Client) 
     answer = http.post("/v1/models/sdxl/jobs", json={"instances": [QUICK]})
     assert answer.status_code == 503 and int(answer.headers["retry-after"]) >= 1
     assert "queue is full" in answer.json()["error"]
+
+
+def test_a_full_queue_is_429_on_the_videos_route(jobs_server: ServerProcess, http: httpx.Client) -> None:
+    for _ in range(3):
+        submit(http, SLOW)
+    with (
+        openai.OpenAI(base_url=jobs_server.url + "/openai/v1", api_key="unused", max_retries=0) as sdk,
+        pytest.raises(openai.RateLimitError) as raised,
+    ):
+        sdk.videos.create(prompt="a fox", seconds="1", size="64x64")
+    assert int(raised.value.response.headers["retry-after"]) >= 1 and "queue is full" in raised.value.message
 
 
 def test_the_timeout_counts_from_submission(http: httpx.Client) -> None:
