@@ -61,3 +61,13 @@ def read_events(base_url: str, path: str, timeout: float = 120) -> list[tuple[st
                 events.append((name, orjson.loads(line[len("data: ") :]), time.time()))
                 name = None
     return events
+
+
+def wait_idle(http: httpx.Client, timeout: float = 60) -> None:
+    """Wait until the server handles no request (cancelled jobs stop at their next step, not at once)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "kserve_diffusion_in_flight_requests 0.0" in http.get("/metrics").text:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server still works on something after {timeout}s")

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ServerProcess, start_server
 from tests.helpers import predict
-from tests.jobs_client import QUICK, SLOW, job_url, read_events, submit, wait_for
+from tests.jobs_client import QUICK, SLOW, job_url, read_events, submit, wait_for, wait_idle
 
 VIDEO = {"prompt": "a fox", "task_type": "text2video", "num_frames": 5, "video_width": 64, "video_height": 64}
 
@@ -36,6 +36,7 @@ def http(jobs_server: ServerProcess) -> Iterator[httpx.Client]:
         for job in client.get("/v1/models/sdxl/jobs", params={"limit": 100}).json()["jobs"]:
             if job["status"] in ("queued", "running"):
                 client.delete(job_url(job))
+        wait_idle(client)
 
 
 def test_a_job_answers_exactly_what_predict_answers(http: httpx.Client) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import RedisProcess, ServerProcess, free_port, server_environment, start_server
 from tests.helpers import predict
-from tests.jobs_client import QUICK, SLOW, job_url, read_events, submit, wait_for
+from tests.jobs_client import QUICK, SLOW, job_url, read_events, submit, wait_for, wait_idle
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # the SDK marks the Sora routes deprecated
 
@@ -51,6 +51,7 @@ def clients(replicas: tuple[ServerProcess, ServerProcess]) -> Iterator[tuple[htt
         for job in a.get("/v1/models/sdxl/jobs", params={"limit": 100}).json()["jobs"]:
             if job["status"] in ("queued", "running"):
                 a.delete(job_url(job))
+        wait_idle(a)
 
 
 def test_a_job_submitted_to_a_is_read_from_b(clients: tuple[httpx.Client, httpx.Client]) -> None:

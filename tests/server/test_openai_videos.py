@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.helpers import decode_data_url, mp4_facts, predict
-from tests.jobs_client import SLOW, job_url, submit, wait_for
+from tests.jobs_client import SLOW, job_url, submit, wait_for, wait_idle
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # the SDK marks the Sora routes deprecated
 FAST = {"num_inference_steps": 3, "seed": 5}
@@ -26,9 +26,10 @@ def sdk(video_server: ServerProcess) -> Iterator[openai.OpenAI]:
 
 @pytest.fixture
 def http(video_server: ServerProcess) -> Iterator[httpx.Client]:
-    """A plain client for the same server."""
+    """A plain client for the same server; the server is idle again after the test (cancelled blockers)."""
     with httpx.Client(base_url=video_server.url, timeout=120) as client:
         yield client
+        wait_idle(client)
 
 
 def test_create_and_poll_then_download_the_mp4(sdk: openai.OpenAI, http: httpx.Client) -> None:
