@@ -59,7 +59,8 @@ def cpu_results(plan: serving.Plan) -> dict[str, Any]:
             {
                 "title": "g. Jobs: overhead over :predict",
                 "note": "The same request as a synchronous :predict and as a job (submit, follow its Server-Sent "
-                "Events to the end, GET the predictions), alternately, medians; memory store, and Redis when "
+                "Events to the end, GET the predictions), alternately; the ratio is the median of adjacent pairs' "
+                "ratios (a pair sees the same drift of this shared VM); memory store, and Redis when "
                 "redis-server is installed.",
                 "rows": job_figures["overhead"],
             },
