@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ...api.messages import shown
+from ...api.messages import quoted, shown
 from ...api.request import FIELD_KINDS
 from ...config import parse_bool
 from .schemas import OpenAIError
@@ -72,3 +72,16 @@ def form_value(name: str, text: str) -> Any:
         except ValueError:
             raise OpenAIError(400, f"{name}: must be true or false, got {shown(text)}", name) from None
     return text
+
+
+def check_served(asked: Any, served: str, ready: bool) -> None:
+    """404 for another model's name (leaving `model` out means the served one); 503 while not ready."""
+    if asked is not None and asked != served:
+        raise OpenAIError(
+            404,
+            f"model: the model {quoted(str(asked))} is not served here; this server serves {served!r}",
+            "model",
+            "model_not_found",
+        )
+    if not ready:
+        raise OpenAIError(503, f"model {served!r} is not ready", code="not_ready")

@@ -20,7 +20,7 @@ from ...api.messages import quoted
 from ...api.request import MAX_PROMPT_CHARS
 from ...api.results import GenerationResult
 from ...redact import loggable, request_id
-from .fields import form_value, is_true, our_fields, parse_size
+from .fields import check_served, form_value, is_true, our_fields, parse_size
 from .schemas import (
     ERRORS,
     ImageData,
@@ -84,15 +84,7 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
         return ModelCard(id=model.name, created=started)
 
     def check_model(name: str | None) -> None:
-        if name is not None and name != model.name:
-            raise OpenAIError(
-                404,
-                f"model: the model {quoted(name)} is not served here; this server serves {model.name!r}",
-                "model",
-                "model_not_found",
-            )
-        if not model.ready:
-            raise OpenAIError(503, f"model {model.name!r} is not ready", code="not_ready")
+        check_served(name, model.name, model.ready)
         if "text2img" not in model.tasks():
             raise OpenAIError(400, f"model: {model.name!r} generates video only, not images", "model")
 

@@ -16,13 +16,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from ...api.messages import quoted, shown
+from ...api.messages import shown
 from ...api.request import FIELD_KINDS, GenerationRequest
 from ...errors import JobNotFound, RequestError
 from ...jobs.manager import JobManager
 from ...jobs.records import JobRecord
 from ...redact import request_id
-from .fields import form_value, our_fields, parse_size
+from .fields import check_served, form_value, our_fields, parse_size
 from .images import PREFIX
 from .schemas import ERRORS, VIDEO_NAMES, OpenAIError, OpenAIRoute, as_openai_error
 
@@ -133,20 +133,11 @@ def router(jobs: JobManager, ttl: float) -> APIRouter:
 
     @api.post("/videos", responses=ERRORS, summary="Create a video job (OpenAI Videos API)")
     async def create(request: Request) -> JSONResponse:
-        if not service.ready:
-            raise OpenAIError(503, f"model {service.name!r} is not ready", code="not_ready")
         body = await read_body(request)
+        check_served(body.pop("model", None), service.name, service.ready)
         prompt = body.pop("prompt", None)
         if not isinstance(prompt, str) or not prompt:
             raise OpenAIError(400, "prompt: required, a non-empty string", "prompt")
-        model = body.pop("model", None)
-        if model is not None and model != service.name:
-            raise OpenAIError(
-                404,
-                f"model: {quoted(str(model))} is not served here; this server serves {service.name!r}",
-                "model",
-                "model_not_found",
-            )
         if "text2video" not in service.tasks():
             raise OpenAIError(400, f"model: {service.name!r} does not generate video", "model")
         if body.pop("input_reference", None) is not None:
