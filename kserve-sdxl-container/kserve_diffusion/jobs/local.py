@@ -76,7 +76,7 @@ class LocalJobs:
         self._loop = asyncio.get_running_loop()
         if first:
             control.on_started = lambda: self._call(self._started, job)
-        control.on_progress = lambda steps, _total: self._progress_from_worker(job, steps)
+        control.on_progress = lambda steps: self._progress_from_worker(job, steps)
 
     def _call(self, function: Callable[..., None], *args: object) -> None:
         assert self._loop is not None
@@ -85,9 +85,7 @@ class LocalJobs:
     def _started(self, job: LocalJob) -> None:
         job.started = True
         metrics.JOBS.labels(status="running").inc()
-        job.writer = asyncio.create_task(
-            self.write(job, lambda r: r.running(time.time()) if r.status == "queued" else None)
-        )
+        job.writer = asyncio.create_task(self.write(job, _running))
 
     def _progress_from_worker(self, job: LocalJob, steps: int) -> None:
         """On the accelerator thread, after each step: hand the newest step to the event loop, at most every

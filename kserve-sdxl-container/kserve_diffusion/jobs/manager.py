@@ -203,7 +203,6 @@ class JobManager:
 
     async def events(self, job_id: str) -> AsyncIterator[tuple[str, JobRecord | None]]:
         """The job's events until it ends (see `events.follow`); JobNotFound first when there is no such job."""
-        await self.get(job_id)
         async for event in events.follow(self.store, job_id, self.get):
             yield event
 

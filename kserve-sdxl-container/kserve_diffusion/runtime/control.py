@@ -33,7 +33,7 @@ class RequestControl:
         self._last_log = clock()
         # Set by a job: told (on the accelerator thread) when the request starts and after each step.
         self.on_started: Callable[[], None] | None = None
-        self.on_progress: Callable[[int, int | None], None] | None = None
+        self.on_progress: Callable[[int], None] | None = None  # the steps run so far
 
     def started(self) -> None:
         """The worker took the request off the queue and is about to run it."""
@@ -70,7 +70,7 @@ class RequestControl:
         self.steps += 1
         total = getattr(pipeline, "num_timesteps", None) or "?"
         if self.on_progress is not None:
-            self.on_progress(self.steps, total if isinstance(total, int) else None)
+            self.on_progress(self.steps)
         now = self._clock()
         if now - self._last_log >= PROGRESS_LOG_SECONDS:
             self._last_log = now

@@ -137,9 +137,9 @@ class GenerationWorker:
                 return result.result()
             if left is not None and left in done:
                 control.cancel(ClientGone, "the client disconnected")
-                stop: Exception = control.stopping("while the request waited in the queue") or ClientGone(
-                    "the client disconnected while the request waited in the queue"
-                )
+                # The first reason given wins: a cancelled job says so, not that its client left.
+                stop: Exception | None = control.stopping("while the request waited in the queue")
+                assert stop is not None  # cancel() just gave a reason, if none was given before
             else:
                 stop = DeadlineExceeded(
                     f"the request's {control.timeout:g} s timeout passed while it waited in the queue; it did not run"

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from kserve.errors import ModelNotFound, ModelNotReady
 
-from ..errors import JobStoreUnavailable, ServingError
+from ..errors import ServerBusy, ServingError
 from ..jobs.manager import JobManager
 from ..jobs.records import JobRecord
 from ..redact import request_id
@@ -122,7 +122,7 @@ def router(jobs: JobManager, max_instances: int) -> APIRouter:
         check_model(model_name)
         await jobs.get(job_id)  # a 404 before the stream starts
         if streams["open"] >= MAX_EVENT_STREAMS:
-            raise JobStoreUnavailable(f"too many event streams are open ({MAX_EVENT_STREAMS}); poll the job instead")
+            raise ServerBusy(f"too many event streams are open ({MAX_EVENT_STREAMS}); poll the job instead", 5)
 
         async def stream() -> Any:
             streams["open"] += 1

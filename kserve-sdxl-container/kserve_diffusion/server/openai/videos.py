@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from ...api.messages import shown
-from ...api.request import FIELD_KINDS, GenerationRequest
+from ...api.request import GenerationRequest
 from ...errors import JobNotFound, RequestError
 from ...jobs.manager import JobManager
 from ...jobs.records import JobRecord
@@ -121,7 +121,7 @@ def router(jobs: JobManager, ttl: float) -> APIRouter:
                 if isinstance(value, UploadFile):
                     fields[key] = value
                 else:
-                    fields[key] = form_value(key, value) if key in FIELD_KINDS else value
+                    fields[key] = form_value(key, value)  # typed as our field `key`, text otherwise
             return fields
         try:
             body = orjson.loads(await request.body())
