@@ -10,6 +10,7 @@ NOTEBOOK_VENV := .venv-notebook
 NOTEBOOK_STAMP := $(NOTEBOOK_VENV)/.installed
 DEMO_MODEL := .cache/tiny/sdxl
 DEMO_VIDEO_MODEL := .cache/tiny/wan
+DEMO_LORAS := .cache/tiny/loras
 HTTP_PORT ?= 8080
 GRPC_PORT ?= 8081
 
@@ -44,14 +45,19 @@ $(DEMO_MODEL)/model_index.json: | $(STAMP)
 $(DEMO_VIDEO_MODEL)/model_index.json: | $(STAMP)
 	$(PY) -m kserve_diffusion.testing.tiny --family wan --out $(DEMO_VIDEO_MODEL)
 
-demo: install $(DEMO_MODEL)/model_index.json $(DEMO_VIDEO_MODEL)/model_index.json
+# The demo's LoRA adapters (the tiny models are rewritten beside them, identical: every weight has its seed).
+$(DEMO_LORAS)/wan-kohya.safetensors: | $(STAMP)
+	$(PY) -m kserve_diffusion.testing.tiny --family sdxl --out $(DEMO_MODEL) --loras $(DEMO_LORAS)
+	$(PY) -m kserve_diffusion.testing.tiny --family wan --out $(DEMO_VIDEO_MODEL) --loras $(DEMO_LORAS)
+
+demo: install $(DEMO_MODEL)/model_index.json $(DEMO_VIDEO_MODEL)/model_index.json $(DEMO_LORAS)/wan-kohya.safetensors
 	@echo ""
-	@echo "Serving a tiny random-weight SDXL + Wan2.1 video as model 'sdxl' on http://localhost:$(HTTP_PORT) (gRPC $(GRPC_PORT))."
+	@echo "Serving a tiny random-weight SDXL + Wan2.1 video (LoRA adapters in $(DEMO_LORAS)) as model 'sdxl' on http://localhost:$(HTTP_PORT) (gRPC $(GRPC_PORT))."
 	@echo "Try, once it logs that it is ready:"
 	@echo "  curl -s localhost:$(HTTP_PORT)/v1/models/sdxl:predict -d '{\"instances\": [{\"prompt\": \"a red fox\", \"height\": 512, \"width\": 512, \"num_inference_steps\": 4, \"seed\": 42}]}' | head -c 300; echo"
 	@echo ""
 	$(PY) -m kserve_diffusion --model_name sdxl --model_id $(DEMO_MODEL) --video_model_id $(DEMO_VIDEO_MODEL) \
-		--device cpu --http_port $(HTTP_PORT) --grpc_port $(GRPC_PORT)
+		--lora_dir $(DEMO_LORAS) --device cpu --http_port $(HTTP_PORT) --grpc_port $(GRPC_PORT)
 
 # The Redis job store tests start real redis-server processes: found on PATH, else installed with apt-get
 # when this runs as root on Debian/Ubuntu; otherwise those tests are skipped, and say so.

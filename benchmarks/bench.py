@@ -1,6 +1,6 @@
 """`make bench`: measure, then write benchmarks/results/{cpu,gpu}.{json,md,png}.
 
-python -m benchmarks.bench            # CPU: serving overhead, throughput, health, encoding, cold start, jobs
+python -m benchmarks.bench            # CPU: serving overhead, throughput, health, encoding, cold start, jobs, LoRA
 python -m benchmarks.bench --gpu      # CUDA: full-size SDXL, FLUX.1-dev and Wan2.1-1.3B, random weights
 """
 
@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import encoding, gpu, jobs, report, serving  # noqa: E402
+from benchmarks import encoding, gpu, jobs, loras, report, serving  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -26,6 +26,7 @@ def cpu_results(plan: serving.Plan) -> dict[str, Any]:
     """Every CPU figure, as report sections."""
     figures = serving.measure(plan)
     job_figures = jobs.measure(plan)
+    lora_rows = loras.measure(plan)
     return {
         "machine": report.machine(),
         "sections": [
@@ -70,6 +71,13 @@ def cpu_results(plan: serving.Plan) -> dict[str, Any]:
                 "each progress event's arrival at the client minus the time its step finished on the "
                 "accelerator thread (`step_at`).",
                 "rows": job_figures["delay"],
+            },
+            {
+                "title": "i. LoRA adapters: first use, switching, the same adapter",
+                "note": "Tiny SDXL with four rank-4 adapters in --lora_dir; each request with an adapter is paired "
+                "with the next request without one, and the ratio is the median of those pairs (goal for switching "
+                "between loaded adapters: <= 1.05). Eager mode; with --compile the switch is a hot-swap into a slot.",
+                "rows": lora_rows,
             },
         ],
     }

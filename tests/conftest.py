@@ -16,6 +16,7 @@ import pytest
 from kserve_diffusion.config import settings
 from kserve_diffusion.config.parsing import TOKEN_ENV_VARS
 from kserve_diffusion.testing import tiny
+from kserve_diffusion.testing.adapters import write_adapters
 
 from tests.image_host import ImageHost
 
@@ -213,8 +214,13 @@ def image_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="session")
 def video_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One endpoint for both: the tiny SDXL base with the tiny Wan beside it (--video_model_id)."""
+    """What `make demo` serves: the tiny SDXL base with the tiny Wan beside it (--video_model_id), and the tiny
+    LoRA adapters of both in --lora_dir."""
+    loras = tmp_path_factory.mktemp("demo-loras")
+    for family in ("sdxl", "wan"):
+        write_adapters(tiny.BUILDERS[family](), family, loras)
     args = ["--model_id", str(tiny_models["sdxl"]), "--video_model_id", str(tiny_models["wan"])]
+    args += ["--lora_dir", str(loras)]
     server = start_server(args, tmp_path_factory.mktemp("logs") / "video.log")
     yield server
     server.stop()

@@ -168,6 +168,9 @@ class FailingOnceRunner:
     def check(self, request: GenerationRequest, limits: Limits) -> GenerationRequest:
         return resolve_task(request, "text2img", self.tasks)
 
+    def use_loras(self, request: GenerationRequest) -> None:
+        return None
+
     def generate(self, request: GenerationRequest, seed: int, inputs: object = None, control: object = None) -> list:
         from PIL import Image
 

@@ -17,6 +17,10 @@ def shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+class CompleteProblem(ValueError):
+    """A validator's message that already shows the value it is about (the field name is added, nothing else)."""
+
+
 _UNION_TAGS = ("str", "bytes")
 _BOUND_WORDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
 
@@ -49,6 +53,8 @@ def describe_error(error: dict[str, Any], model: type[BaseModel]) -> str:
         problem = "must not be empty"
     elif kind == "string_too_long":
         problem = f"must be at most {error['ctx']['max_length']} characters"
+    elif kind == "value_error" and isinstance(error["ctx"]["error"], CompleteProblem):
+        return f"{field}: {error['ctx']['error']}"
     elif kind == "value_error":
         problem = str(error["ctx"]["error"])
     elif kind == "literal_error":

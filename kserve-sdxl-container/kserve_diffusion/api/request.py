@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..config import ServerConfig, defaults
 from ..errors import RequestError, RequestErrors
+from .loras import LoraChoice, read_loras
 from .messages import describe_error, shown
 
 TASK_TYPES = ("text2img", "img2img", "inpaint", "text2video")
@@ -68,6 +69,7 @@ class Limits:
     max_frames: int
     max_video_pixels: int
     request_timeout: float
+    max_loras_per_request: int
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> Limits:
@@ -167,6 +169,11 @@ class GenerationRequest(BaseModel):
     high_noise_frac: float | None = Field(
         None, gt=0, lt=1, description="ensemble of experts: fraction of steps the base runs before the refiner"
     )
+    loras: tuple[LoraChoice, ...] | None = Field(
+        None,
+        description='LoRA adapters from --lora_dir, combined: [{"name": "...", "scale": 1.0}] (scale -4 to 4, '
+        "default 1; v2 and forms: the list as JSON text)",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -174,6 +181,11 @@ class GenerationRequest(BaseModel):
         if not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _read_loras(cls, value: Any, info: ValidationInfo) -> tuple[LoraChoice, ...] | None:
+        return read_loras(value, _limits(info).max_loras_per_request)
 
     @field_validator(*_SERVER_LIMITED)
     @classmethod
@@ -236,6 +248,8 @@ def _v2_kind(annotation: Any) -> str:
     if bytes in members:
         return "bytes"
     (base,) = members
+    if get_origin(base) is tuple:  # a list field (loras): JSON text in a BYTES tensor or parameter
+        return "string"
     return "string" if get_origin(base) is Literal else {str: "string", int: "int", float: "float", bool: "bool"}[base]
 
 

@@ -221,6 +221,28 @@ class ServerConfig:
         minimum=0,
         exclusive_minimum=True,
     )
+    lora_dir: str | None = setting(
+        None,
+        "folder of LoRA adapters a request may name in `loras`: each a .safetensors file (diffusers/PEFT or "
+        "kohya/A1111 layout) or a folder holding one; the name is the file or folder name without .safetensors",
+        default_text="none: requests with loras are a 400",
+    )
+    max_loras_per_request: int = setting(4, "most adapters one request may combine in `loras`", minimum=1, maximum=16)
+    max_loaded_loras: int = setting(
+        8,
+        "most adapters kept loaded (with --compile: kept in CPU memory); the least recently used is dropped first",
+        minimum=1,
+    )
+    preload_loras: str | None = setting(
+        None,
+        "comma-separated adapter names loaded at start-up; one that cannot be loaded stops the start with its reason",
+    )
+    max_lora_rank: int = setting(
+        64,
+        "with --compile: the highest adapter rank that can be swapped in without recompiling (every slot is padded "
+        "to it); a higher-rank adapter is a 400",
+        minimum=1,
+    )
     # Resolved at startup, not flags of ours:
     model_name: str = "sdxl"  # KServe's --model_name
     video_dtype: str = "float32"  # the dtype of a --video_model_id model (--dtype auto resolves per family)

@@ -25,6 +25,7 @@ from ..errors import (
     JobFinished,
     JobNotFound,
     JobStoreUnavailable,
+    RequestError,
     ServingError,
     ShuttingDown,
 )
@@ -125,6 +126,8 @@ class JobManager:
             await self._end(job, "failed", {"status": ShuttingDown.http_status, "message": RESUBMIT})
         except ServingError as exc:
             await self._end(job, "failed", {"status": exc.http_status, "message": exc.message})
+        except RequestError as exc:  # found on the accelerator thread: an adapter that does not fit the model
+            await self._end(job, "failed", {"status": 400, "message": str(exc)})
         except GenerationFailed as exc:
             await self._end(job, "failed", {"status": 500, "message": str(exc)})
         except Exception:

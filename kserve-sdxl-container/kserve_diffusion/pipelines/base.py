@@ -14,6 +14,7 @@ from ..api.inputs import NO_INPUTS, InputImages
 from ..api.request import GenerationRequest, Limits
 from ..config import ServerConfig
 from ..media import Video
+from .lora import Activation
 
 
 class StepObserver(Protocol):
@@ -45,6 +46,10 @@ class Runner(Protocol):
 
     def check(self, request: GenerationRequest, limits: Limits) -> GenerationRequest:
         """Apply family rules; return the request with its task resolved, or raise RequestError."""
+        ...
+
+    def use_loras(self, request: GenerationRequest) -> Activation | None:
+        """Make the request's LoRA adapters active, or none (accelerator thread); None without --lora_dir."""
         ...
 
     def generate(

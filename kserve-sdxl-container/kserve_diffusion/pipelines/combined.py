@@ -9,6 +9,7 @@ from ..api.request import GenerationRequest, Limits
 from ..api.rules import resolve_task
 from ..media import Video
 from .base import Runner, StepObserver
+from .lora import Activation
 
 
 class CombinedRunner:
@@ -24,6 +25,10 @@ class CombinedRunner:
         """Resolve the task, then apply the rules of the family that serves it."""
         request = resolve_task(request, self.default_task, self.tasks)
         return self.by_task[request.task_type or ""].check(request, limits)
+
+    def use_loras(self, request: GenerationRequest) -> Activation | None:
+        """Activate the request's adapters in the runner that serves its task."""
+        return self.by_task[request.task_type or ""].use_loras(request)
 
     def generate(
         self,

@@ -23,7 +23,7 @@ from ..api.request import GenerationRequest, Limits, fill, with_defaults
 from ..api.rules import check_family_fields, check_image_size, resolve_task
 from ..config import ServerConfig
 from ..errors import ConfigError, RequestError
-from . import devices, speed
+from . import devices, lora, speed
 from .base import StepObserver, step_hooks, with_scheduler
 from .loading import load_pretrained, load_single_file_component
 from .schedulers import FLUX_SCHEDULERS, SchedulerFactory, build_scheduler, scheduler_name
@@ -81,10 +81,22 @@ class FluxRunner:
     size_multiple = SIZE_MULTIPLE
     schedulers: Mapping[str, SchedulerFactory] = FLUX_SCHEDULERS
 
-    def __init__(self, base: FluxPipeline, img2img: FluxImg2ImgPipeline, inpaint: FluxInpaintPipeline, variant: str):
+    def __init__(
+        self,
+        base: FluxPipeline,
+        img2img: FluxImg2ImgPipeline,
+        inpaint: FluxInpaintPipeline,
+        variant: str,
+        adapters: lora.LoraAdapters | None = None,
+    ):
         self.pipelines: dict[str, DiffusionPipeline] = {"text2img": base, "img2img": img2img, "inpaint": inpaint}
         self.variant_name = variant
         self.variant = VARIANTS[variant]
+        self.adapters = adapters
+
+    def use_loras(self, request: GenerationRequest) -> lora.Activation | None:
+        """Activate the request's adapters (accelerator thread)."""
+        return lora.activate(self.adapters, request)
 
     def check(self, request: GenerationRequest, limits: Limits) -> GenerationRequest:
         """FLUX rules: sizes in multiples of 16, flow schedulers, the variant's defaults, true CFG pairing."""
@@ -108,6 +120,7 @@ class FluxRunner:
                 f"(true_cfg_scale with negative_prompt is the guidance it can use), got {request.guidance_scale}",
             )
         self._check_true_cfg(request)
+        lora.check(self.adapters, request)
         return request
 
     @staticmethod
@@ -204,5 +217,6 @@ def assemble(base: FluxPipeline, config: ServerConfig, variant: str) -> FluxRunn
         pipeline.set_progress_bar_config(disable=True)
         devices.apply_vae_options(pipeline, config)
         devices.place(pipeline, config.device)
+    adapters = lora.open_adapters(base, "flux", config)  # before compiling: --compile needs its slots first
     speed.apply_speed_options(pipelines, config)
-    return FluxRunner(base, img2img, inpaint, variant)
+    return FluxRunner(base, img2img, inpaint, variant, adapters)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..api.request import GenerationRequest, Limits, fill, with_defaults
 from ..api.rules import check_family_fields, check_image_size, resolve_task
 from ..config import ServerConfig
 from ..errors import ConfigError, RequestError
-from . import devices, speed
+from . import devices, lora, speed
 from .base import StepObserver, step_hooks, with_scheduler
 from .loading import load_pretrained, load_single_file
 from .schedulers import SDXL_SCHEDULERS, SchedulerFactory, build_scheduler, scheduler_name
@@ -44,11 +45,13 @@ class SDXLRunner:
         refiner: StableDiffusionXLImg2ImgPipeline | None,
         img2img: StableDiffusionXLImg2ImgPipeline,
         inpaint: StableDiffusionXLInpaintPipeline,
+        adapters: lora.LoraAdapters | None = None,
     ):
         self.base = base
         self.refiner = refiner
         self.img2img = img2img
         self.inpaint = inpaint
+        self.adapters = adapters
 
     def uses_refiner(self, request: GenerationRequest) -> bool:
         """Whether this request goes through the refiner (the server has one and the request does not opt out)."""
@@ -67,6 +70,7 @@ class SDXLRunner:
         request = fill(request, scheduler=scheduler_name(self.family, request.scheduler))
         assert request.num_inference_steps is not None and request.refiner_inference_steps is not None
         self._check_refiner_fields(request)
+        self._check_loras(request)
         assert request.strength is not None  # resolve_task filled it in
         if self.uses_refiner(request) and request.high_noise_frac is None:
             steps_field, steps = "refiner_inference_steps", request.refiner_inference_steps
@@ -81,6 +85,26 @@ class SDXLRunner:
                 f"got {steps} x {request.strength}",
             )
         return request
+
+    def _check_loras(self, request: GenerationRequest) -> None:
+        lora.check(self.adapters, request)
+        if request.loras and request.task_type == "inpaint" and self.inpaint.unet is not self.base.unet:
+            raise RequestError(
+                "loras", "adapters apply to the base model's UNet, not to the dedicated inpainting model's"
+            )
+
+    def use_loras(self, request: GenerationRequest) -> lora.Activation | None:
+        """Activate the request's adapters (accelerator thread)."""
+        return lora.activate(self.adapters, request)
+
+    @contextlib.contextmanager
+    def _refining(self) -> Iterator[None]:
+        """Adapters apply to the base only: the refiner shares text_encoder_2, whose LoRA layers pause meanwhile."""
+        if self.adapters is None:
+            yield
+            return
+        with self.adapters.suspended("text_encoder_2"):
+            yield
 
     def _check_refiner_fields(self, request: GenerationRequest) -> None:
         if request.use_refiner and self.refiner is None:
@@ -143,7 +167,8 @@ class SDXLRunner:
         else:
             pipeline, steps = self.img2img, request.num_inference_steps
         scheduled = self._scheduled(pipeline, request.scheduler)
-        return scheduled(**shared, image=inputs.image, strength=request.strength, num_inference_steps=steps).images
+        with self._refining() if pipeline is self.refiner else contextlib.nullcontext():
+            return scheduled(**shared, image=inputs.image, strength=request.strength, num_inference_steps=steps).images
 
     def _text_to_image(self, request: GenerationRequest, shared: dict[str, Any], _: InputImages) -> list[Image]:
         """Text to image; with the refiner either hand over at high_noise_frac or refine with strength."""
@@ -161,16 +186,18 @@ class SDXLRunner:
                 denoising_end=request.high_noise_frac,
                 output_type="latent",
             ).images
-            return refiner(
-                **shared,
-                image=latents,
-                num_inference_steps=request.num_inference_steps,
-                denoising_start=request.high_noise_frac,
-            ).images
+            with self._refining():
+                return refiner(
+                    **shared,
+                    image=latents,
+                    num_inference_steps=request.num_inference_steps,
+                    denoising_start=request.high_noise_frac,
+                ).images
         latents = base(**shared, **size, num_inference_steps=request.num_inference_steps, output_type="latent").images
-        return refiner(
-            **shared, image=latents, strength=request.strength, num_inference_steps=request.refiner_inference_steps
-        ).images
+        with self._refining():
+            return refiner(
+                **shared, image=latents, strength=request.strength, num_inference_steps=request.refiner_inference_steps
+            ).images
 
 
 def _sharing_base(cls: type[DiffusionPipeline], base: StableDiffusionXLPipeline) -> DiffusionPipeline:
@@ -265,5 +292,6 @@ def assemble(
             devices.apply_vae_options(pipeline, config)
             # Offload modes hook modules; each pipeline re-installs its hooks after every call.
             devices.place(pipeline, config.device)
+    adapters = lora.open_adapters(base, "sdxl", config)  # before compiling: --compile needs its slots first
     speed.apply_speed_options(pipelines, config)
-    return SDXLRunner(base, refiner, img2img, inpaint)
+    return SDXLRunner(base, refiner, img2img, inpaint, adapters)

@@ -14,7 +14,7 @@ from ..api.rules import check_family_fields, check_side, resolve_task
 from ..config import ServerConfig
 from ..errors import RequestError
 from ..media import Video
-from . import devices, speed
+from . import devices, lora, speed
 from .base import StepObserver, step_hooks, with_scheduler
 from .loading import load_pretrained
 from .schedulers import WAN_SCHEDULERS, SchedulerFactory, build_scheduler, scheduler_name
@@ -53,9 +53,14 @@ class WanRunner:
     size_multiple = SIZE_MULTIPLE
     schedulers: Mapping[str, SchedulerFactory] = WAN_SCHEDULERS
 
-    def __init__(self, pipeline: WanPipeline, flow_shift: float | None):
+    def __init__(self, pipeline: WanPipeline, flow_shift: float | None, adapters: lora.LoraAdapters | None = None):
         self.pipeline = pipeline
         self.flow_shift = flow_shift
+        self.adapters = adapters
+
+    def use_loras(self, request: GenerationRequest) -> lora.Activation | None:
+        """Activate the request's adapters (accelerator thread)."""
+        return lora.activate(self.adapters, request)
 
     def check(self, request: GenerationRequest, limits: Limits) -> GenerationRequest:
         """Wan rules: sizes in multiples of 16, 4k+1 frames, frames x pixels within the limit."""
@@ -75,6 +80,7 @@ class WanRunner:
         check_family_fields(request, self.family)
         if request.num_images != 1:
             raise RequestError("num_images", f"text2video makes one video per request, got {request.num_images}")
+        lora.check(self.adapters, request)
         request = with_defaults(request, limits, num_inference_steps=DEFAULT_STEPS)
         return fill(request, scheduler=scheduler_name(self.family, request.scheduler))
 
@@ -133,5 +139,6 @@ def assemble(pipeline: WanPipeline, config: ServerConfig) -> WanRunner:
     pipeline.set_progress_bar_config(disable=True)
     devices.apply_vae_options(pipeline, config)
     devices.place(pipeline, config.device)
+    adapters = lora.open_adapters(pipeline, "wan", config)  # before compiling: --compile needs its slots first
     speed.apply_speed_options((pipeline,), config)
-    return WanRunner(pipeline, config.flow_shift)
+    return WanRunner(pipeline, config.flow_shift, adapters)

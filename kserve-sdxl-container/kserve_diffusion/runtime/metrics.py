@@ -35,5 +35,18 @@ for _task in ("text2img", "img2img", "inpaint", "text2video", "unknown"):
     for _outcome in OUTCOMES:
         REQUESTS.labels(task=_task, outcome=_outcome)
 
+
+
+def _compiled_graphs() -> float:
+    """Graphs torch.compile has made in this process: it rises after the warm-up only when something recompiles."""
+    from torch._dynamo.utils import counters  # imported on first scrape: the module is large
+
+    return float(counters["stats"]["unique_graphs"])
+
+
+COMPILED_GRAPHS = Gauge(PREFIX + "compiled_graphs", "Graphs torch.compile has made (--compile; rises on recompiles)")
+COMPILED_GRAPHS.set_function(_compiled_graphs)
+LORA_LOADS = Counter(PREFIX + "lora_loads", "LoRA adapters read from --lora_dir and loaded (first use, or evicted)")
+LORA_CACHE_HITS = Counter(PREFIX + "lora_cache_hits", "Adapter uses served by an already loaded adapter")
 JOBS = Counter(PREFIX + "jobs", "Jobs that reached each status on this replica (submitted, started, ended)", ["status"])
 JOB_STORE_ERRORS = Counter(PREFIX + "job_store_errors", "Job store operations that failed (Redis unreachable, ...)")

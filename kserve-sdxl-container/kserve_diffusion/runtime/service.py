@@ -1,5 +1,6 @@
 """The protocol-free generation core: admission, validation, input loading, the accelerator worker,
-encoding, errors and metrics. Every protocol adapter (v1, v2 REST and gRPC, OpenAI) calls `generate`."""
+encoding, errors and metrics. Every protocol adapter (v1, v2 REST and gRPC, OpenAI) calls `generate`.
+It is one module because every path into the accelerator (a request, a job, the warm-up) shares its checks."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..api.results import GenerationResult, encode_result
 from ..config import ServerConfig
 from ..errors import GenerationFailed, OutOfMemory, RequestError, ServingError, ShuttingDown
 from ..pipelines import Family, Runner
+from ..pipelines.lora_catalog import LoraCatalog
 from . import metrics
 from .control import CLIENT_DISCONNECTED, RequestControl
 from .inputs import InputLoader, InputPolicy
@@ -69,6 +71,7 @@ class GenerationService:
         self.encoder = (
             ThreadPoolExecutor(config.encode_threads, thread_name_prefix="encode") if config.encode_threads else None
         )
+        self.lora_catalog = LoraCatalog(config.lora_dir) if config.lora_dir else None
         self.ready = False  # loaded and not draining: what readiness reports
         self.draining = False
         self._active: set[RequestControl] = set()
@@ -129,6 +132,10 @@ class GenerationService:
             while self._active:
                 await asyncio.sleep(0.1)
         logger.info("drained")
+
+    def loras(self) -> list[dict[str, Any]]:
+        """The adapters requests may name: name, family, rank and layout (empty without --lora_dir)."""
+        return self.lora_catalog.listing() if self.lora_catalog is not None else []
 
     def tasks(self) -> tuple[str, ...]:
         """The task types the loaded pipelines serve (none before loading)."""
@@ -229,6 +236,9 @@ class GenerationService:
             metrics.count(task, exc.outcome)
             logger.warning("request=%s task=%s %s: %s", request_id, task, exc.outcome, exc)
             raise
+        except RequestError:  # found only on the accelerator thread (an adapter that does not fit the model)
+            metrics.count(task, "invalid")
+            raise
         except AcceleratorOutOfMemory as exc:
             metrics.count(task, OutOfMemory.outcome)
             logger.error("request=%s task=%s out of memory: %s", request_id, task, exc)
@@ -250,6 +260,8 @@ class GenerationService:
             encode = partial(encode_result, request, seed, timed.value, self.config.png_compress_level)
             result = await asyncio.get_running_loop().run_in_executor(self.encoder, encode)
         self._record(request, control, timed.queue_wait, timed.run_time, result)
+        if request.loras:
+            note += " loras=" + ",".join(f"{choice.name}:{choice.scale:g}" for choice in request.loras)
         logger.info(
             "request=%s%s task=%s size=%dx%d steps=%d %s scheduler=%s seed=%d queue_wait=%.3fs generation=%.3fs",
             request_id,
@@ -273,6 +285,10 @@ class GenerationService:
         on_cuda = self.config.device != "cpu" and torch.cuda.is_available()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats()
+        activation = self.runner.use_loras(request)
+        if activation is not None:
+            metrics.LORA_LOADS.inc(len(activation.loaded))
+            metrics.LORA_CACHE_HITS.inc(len(activation.cached))
         output = self.runner.generate(request, seed, inputs, control)
         metrics.PEAK_MEMORY.set(torch.cuda.max_memory_allocated() if on_cuda else 0)
         if self.encoder is None:

@@ -21,7 +21,7 @@ from ..config import ServerConfig
 from ..jobs.manager import JobManager
 from ..jobs.store import JobStore
 from ..runtime.service import GenerationService
-from . import grpc_errors, handlers, jobs, slow_clients
+from . import grpc_errors, handlers, jobs, loras, slow_clients
 from .model import DiffusionModel
 from .openai import images as openai_images
 from .openai import videos as openai_videos
@@ -82,6 +82,7 @@ def serve(service: GenerationService, store: JobStore) -> None:
     config = service.config
     manager = JobManager(service, store, jobs.render_predictions)
     app.include_router(jobs.router(manager, config.max_instances))
+    app.include_router(loras.router(service))
     app.include_router(openai_images.router(service, config.max_image_bytes, config.max_image_pixels))
     app.include_router(openai_videos.router(manager, config.job_ttl_seconds))
     app.add_middleware(V2RequestGuard, files=FILE_FIELDS)

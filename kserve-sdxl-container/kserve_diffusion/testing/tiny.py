@@ -5,8 +5,9 @@ nothing is downloaded. The VAE downsamples by 8 like the real one. Every compone
 its own fixed seed, so the tiny refiner's `text_encoder_2` and VAE, and the tiny inpainting model's
 text encoders and VAE, equal the tiny base's.
 
-Usage: python -m kserve_diffusion.testing.tiny --family FAMILY --out DIR [--single-file]
+Usage: python -m kserve_diffusion.testing.tiny --family FAMILY --out DIR [--single-file] [--loras DIR]
 FAMILY: sdxl, sdxl-refiner, sdxl-inpaint, flux (dev-like), flux-schnell, wan
+--loras DIR also writes tiny LoRA adapters for the family into DIR (see testing/adapters.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import save_file
 
 from . import ldm_export
+from .adapters import write_adapters
 from .builders import build_flux, build_sdxl_base, build_sdxl_inpaint, build_sdxl_refiner, build_wan, flux_transformer
 from .tokenizers import build_t5_tokenizer, build_tokenizer
 
@@ -93,13 +95,21 @@ def _write_flux_single_file(pipeline: FluxPipeline, out: Path) -> Path:
     return checkpoint
 
 
-def write(family: str, out: Path, single_file: bool = False) -> Path:
-    """Write the tiny `family` pipeline to `out`; return the path to serve (folder or file)."""
+ADAPTER_FAMILIES = {"sdxl": "sdxl", "flux": "flux", "flux-schnell": "flux", "wan": "wan"}
+
+
+def write(family: str, out: Path, single_file: bool = False, loras: Path | None = None) -> Path:
+    """Write the tiny `family` pipeline to `out` (and its tiny LoRA adapters to `loras`); return the path to
+    serve (folder or file)."""
     if family not in BUILDERS:
         raise ValueError(f"family: expected one of {', '.join(FAMILIES)}, got {family!r}")
     if single_file and family not in SINGLE_FILE_FAMILIES:
         raise ValueError(f"--single-file: only for {', '.join(SINGLE_FILE_FAMILIES)}, got {family!r}")
+    if loras is not None and family not in ADAPTER_FAMILIES:
+        raise ValueError(f"--loras: adapters are made for {', '.join(ADAPTER_FAMILIES)}, got {family!r}")
     pipeline = BUILDERS[family]()
+    if loras is not None:
+        write_adapters(pipeline, ADAPTER_FAMILIES[family], loras)
     out.mkdir(parents=True, exist_ok=True)
     if not single_file:
         pipeline.save_pretrained(out, safe_serialization=True)
@@ -128,10 +138,16 @@ def main(argv: list[str] | None = None) -> None:
         help="SDXL: write OUT/model.safetensors (original SDXL key layout) and OUT/config/ (configs, no weights); "
         "FLUX: OUT/model.safetensors (the transformer) and OUT/components/ (the rest, for --model_id)",
     )
+    parser.add_argument(
+        "--loras",
+        type=Path,
+        help="also write tiny LoRA adapters for the family here: <family>-style.safetensors, <family>-detail/ "
+        "(diffusers layout) and <family>-kohya.safetensors (kohya layout)",
+    )
     args = parser.parse_args(argv)
     diffusers_logging.disable_progress_bar()
     try:
-        path = write(args.family, args.out, args.single_file)
+        path = write(args.family, args.out, args.single_file, args.loras)
     except ValueError as exc:
         parser.error(str(exc))
     print(path)

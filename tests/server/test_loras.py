@@ -1,0 +1,292 @@
+"""LoRA adapters per request (--lora_dir) against real servers: every family with one and two adapters, both
+file layouts, no leakage between requests, every protocol, the 400s, the cache, and --compile hot-swapping."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import torch
+from kserve.protocol.infer_type import InferInput, InferRequest
+from kserve_diffusion.testing import tiny
+from kserve_diffusion.testing.adapters import lora_layers, save_diffusers, save_kohya, write_adapters
+from safetensors.torch import load_file, save_file
+
+from tests.conftest import ServerProcess, start_server
+from tests.helpers import decode_data_url, grpc_infer, only_image, predict, small
+
+VIDEO = {"task_type": "text2video", "video_height": 64, "video_width": 64, "num_frames": 5, "num_inference_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny adapters of every family in both layouts, and the ones a server must refuse."""
+    folder = tmp_path_factory.mktemp("loras")
+    for family, builder in (("sdxl", "sdxl"), ("flux", "flux"), ("wan", "wan")):
+        write_adapters(tiny.BUILDERS[builder](), family, folder)
+    # an SDXL adapter of another architecture: the tiny refiner's UNet has other cross-attention widths
+    refiner = tiny.BUILDERS["sdxl-refiner"]()
+    save_diffusers(refiner, lora_layers(refiner, "sdxl", seed=4), folder / "other-architecture")
+    # a Stable Diffusion 1.5 adapter, as sd-scripts labels it
+    base = tiny.BUILDERS["sdxl"]()
+    save_kohya("sdxl", lora_layers(base, "sdxl", seed=5), folder / "sd15-style.safetensors")
+    path = folder / "sd15-style.safetensors"
+    save_file(load_file(str(path)), str(path), metadata={"ss_base_model_version": "sd_v1"})
+    save_file({"conv.weight": torch.zeros(3, 3)}, str(folder / "not-a-lora.safetensors"))
+    outside = tmp_path_factory.mktemp("outside") / "secret.safetensors"
+    save_file({"x.lora_A.weight": torch.zeros(1, 1)}, str(outside))
+    (folder / "escape.safetensors").symlink_to(outside)
+    (folder / "notes.txt").write_text("not an adapter")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lora_server(tiny_models: dict[str, Path], lora_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """SDXL with Wan beside it, adapters from --lora_dir, at most 3 kept loaded."""
+    args = ["--model_id", str(tiny_models["sdxl"]), "--video_model_id", str(tiny_models["wan"])]
+    args += ["--lora_dir", str(lora_dir), "--max_loaded_loras", "3"]
+    server = start_server(args, tmp_path_factory.mktemp("logs") / "lora.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def http(lora_server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=lora_server.url, timeout=120) as client:
+        yield client
+
+
+def png(http: httpx.Client, **fields: object) -> bytes:
+    return only_image(predict(http, small(seed=7, **fields)))[2]
+
+
+def video(http: httpx.Client, **fields: object) -> bytes:
+    response = predict(http, {"prompt": "a red fox", "seed": 7, **VIDEO, **fields})
+    assert response.status_code == 200, response.text
+    return decode_data_url(response.json()["predictions"][0]["video"])[1]
+
+
+def loras(*pairs: tuple[str, float]) -> list[dict]:
+    return [{"name": name, "scale": scale} for name, scale in pairs]
+
+
+def metric(http: httpx.Client, name: str) -> float:
+    text = http.get("/metrics").text
+    match = re.search(rf"^kserve_diffusion_{name}(?:_total)? (\S+)$", text, re.MULTILINE)
+    assert match, name
+    return float(match.group(1))
+
+
+def test_no_adapter_scale_zero_and_after_adapters_equal_a_server_without_any(http, client) -> None:
+    """client: the session's plain SDXL server, which never had --lora_dir."""
+    plain = png(client)
+    assert png(http) == plain
+    styled = png(http, loras=loras(("sdxl-style", 1.0)))
+    assert styled != plain
+    assert png(http, loras=loras(("sdxl-style", 0.0))) == plain
+    assert png(http, loras=loras(("sdxl-detail", 1.0), ("sdxl-kohya", 0.5))) not in (plain, styled)
+    assert png(http) == plain  # nothing left behind
+    assert png(http, loras=loras(("sdxl-style", 1.0))) == styled  # and the adapter is the same again
+
+
+def test_each_layout_and_the_scale_change_the_image(http) -> None:
+    plain = png(http)
+    kohya = png(http, loras=loras(("sdxl-kohya", 1.0)))
+    folder = png(http, loras=loras(("sdxl-detail", 1.0)))
+    half = png(http, loras=loras(("sdxl-detail", 0.5)))
+    assert len({plain, kohya, folder, half}) == 4
+    two = png(http, loras=loras(("sdxl-detail", 1.0), ("sdxl-kohya", 1.0)))
+    assert two not in (kohya, folder)
+    assert png(http, loras=loras(("sdxl-detail", 1.0), ("sdxl-kohya", 1.0))) == two  # the same request, the same bytes
+
+
+def test_wan_video_with_one_and_two_adapters(http, video_server) -> None:
+    with httpx.Client(base_url=video_server.url, timeout=120) as plain_server:
+        plain = video(plain_server)
+    assert video(http) == plain
+    one = video(http, loras=loras(("wan-style", 1.0)))
+    two = video(http, loras=loras(("wan-style", 1.0), ("wan-kohya", 0.7)))
+    assert len({plain, one, two}) == 3
+    assert video(http, loras=loras(("wan-kohya", 0.0))) == plain
+    assert video(http) == plain
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (loras(("nope", 1.0)), 'no adapter named "nope" (available: flux-detail'),
+        ([{"name": "../sdxl-style"}], "[0].name must be an adapter name"),
+        ([{"name": "sub/sdxl-style"}], "[0].name must be an adapter name"),
+        (loras(("escape", 1.0)), "leads outside --lora_dir"),
+        (loras(("flux-style", 1.0)), "'flux-style' is made for FLUX, this model is SDXL"),
+        (loras(("sd15-style", 1.0)), "made for Stable Diffusion 1.x"),
+        (loras(("other-architecture", 1.0)), "'other-architecture' cannot be loaded into this SDXL model"),
+        (loras(("not-a-lora", 1.0)), "holds no LoRA matrices"),
+        (loras(*[(f"sdxl-{n}", 1.0) for n in ("style", "detail", "kohya", "x", "y")]), "at most 4 adapters"),
+        (loras(("sdxl-style", 4.5)), "[0].scale must be a number between -4 and 4, got 4.5"),
+        ([{"name": "sdxl-style", "scale": "1"}], "[0].scale must be a number"),
+        ([{"name": "sdxl-style", "weight": 1}], 'unknown key "weight"'),
+        ([{"name": "sdxl-style"}, {"name": "sdxl-style"}], "'sdxl-style' twice"),
+        ("not json", "must be a JSON list"),
+        ({"name": "sdxl-style"}, "must be a list"),
+    ],
+)
+def test_bad_adapters_are_400s_naming_loras(http, value: object, words: str) -> None:
+    response = predict(http, small(seed=7, loras=value))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("loras: ") and words in response.json()["error"], response.text
+
+
+def test_a_failed_load_leaves_the_server_clean(http, client) -> None:
+    before = png(http, loras=loras(("sdxl-style", 1.0)))
+    assert predict(http, small(loras=loras(("other-architecture", 1.0)))).status_code == 400
+    assert png(http) == png(client)
+    assert png(http, loras=loras(("sdxl-style", 1.0))) == before
+
+
+def test_adapters_on_the_wan_model_follow_its_family(http) -> None:
+    response = predict(http, {"prompt": "a fox", **VIDEO, "loras": loras(("sdxl-style", 1.0))})
+    assert response.status_code == 400 and "this model is Wan" in response.text
+
+
+def test_listing(http) -> None:
+    listing = http.get("/v1/models/sdxl/loras").json()
+    entries = {entry["name"]: entry for entry in listing["loras"]}
+    assert entries["sdxl-style"] == {"name": "sdxl-style", "family": "sdxl", "rank": 4, "format": "diffusers"}
+    assert entries["sdxl-detail"]["rank"] == 8 and entries["flux-kohya"]["format"] == "kohya"
+    assert entries["wan-kohya"]["family"] == "wan" and "escape" not in entries and "notes" not in entries
+    assert "no LoRA matrices" in entries["not-a-lora"]["error"]
+    assert listing["max_loras_per_request"] == 4
+    assert http.get("/v1/models/other/loras").status_code == 404
+
+
+def test_cache_metrics_and_log_line(http, lora_server) -> None:
+    loads, hits = metric(http, "lora_loads"), metric(http, "lora_cache_hits")
+    png(http, loras=loras(("sdxl-style", 1.0)))
+    png(http, loras=loras(("sdxl-style", 1.0)))
+    assert metric(http, "lora_cache_hits") >= hits + 1
+    # at most 3 loaded (the earlier tests loaded others): the first one loads again after three more
+    for name in ("sdxl-style", "sdxl-detail", "sdxl-kohya", "sdxl-style"):
+        assert predict(http, small(loras=loras((name, 1.0)))).status_code == 200
+    assert metric(http, "lora_loads") > loads
+    assert re.search(r"request=\S+ loras=sdxl-style:1 task=text2img", lora_server.log())
+
+
+def test_v2_rest_grpc_and_openai_carry_loras(http, lora_server) -> None:
+    chosen = loras(("sdxl-style", 0.8), ("sdxl-kohya", 0.5))
+    expected = png(http, loras=chosen)
+    text = json.dumps(chosen)
+    # v2 REST: a request parameter holding the JSON list, and a BYTES input tensor
+    body = {
+        "inputs": [{"name": "prompt", "shape": [1], "datatype": "BYTES", "data": ["a red fox"]}],
+        "parameters": {"height": 64, "width": 64, "num_inference_steps": 2, "seed": 7, "loras": text},
+    }
+    answer = http.post("/v2/models/sdxl/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    assert base64.b64decode(answer.json()["outputs"][0]["data"][0]) == expected
+    body["inputs"].append({"name": "loras", "shape": [1], "datatype": "BYTES", "data": [text]})
+    del body["parameters"]["loras"]
+    answer = http.post("/v2/models/sdxl/infer", json=body)
+    assert base64.b64decode(answer.json()["outputs"][0]["data"][0]) == expected
+    # gRPC, with KServe's client
+    prompt = InferInput("prompt", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"a red fox"], dtype=object), binary_data=True)
+    parameters = {"height": 64, "width": 64, "num_inference_steps": 2, "seed": 7, "loras": text}
+    response = grpc_infer(lora_server.grpc_target, InferRequest("sdxl", [prompt], parameters=parameters))
+    assert response.outputs[0].as_numpy()[0] == expected
+    bad = {**parameters, "loras": json.dumps(loras(("nope", 1.0)))}
+    with pytest.raises(Exception, match="no adapter named"):
+        grpc_infer(lora_server.grpc_target, InferRequest("sdxl", [prompt], parameters=bad))
+    # OpenAI Images: an extra body field
+    with openai.OpenAI(base_url=f"{lora_server.url}/openai/v1", api_key="unused", max_retries=0) as sdk:
+        result = sdk.images.generate(
+            prompt="a red fox", size="64x64", extra_body={"seed": 7, "num_inference_steps": 2, "loras": chosen}
+        )
+        assert base64.b64decode(result.data[0].b64_json) == expected
+        with pytest.raises(openai.BadRequestError, match="no adapter named"):
+            sdk.images.generate(prompt="x", size="64x64", extra_body={"loras": loras(("nope", 1.0))})
+
+
+def test_a_server_without_lora_dir_says_how_to_get_one(client) -> None:
+    response = predict(client, small(loras=loras(("sdxl-style", 1.0))))
+    assert response.status_code == 400 and "start it with --lora_dir" in response.text
+
+
+def test_flux_with_one_and_two_adapters(tiny_models, lora_dir, tmp_path) -> None:
+    args = ["--model_type", "flux", "--model_id", str(tiny_models["flux"]), "--lora_dir", str(lora_dir)]
+    server = start_server(args, tmp_path / "flux.log", model_name="flux")
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as flux:
+
+            def image(**fields: object) -> bytes:
+                return only_image(predict(flux, small(seed=3, **fields), model="flux"))[2]
+
+            plain = image()
+            one = image(loras=loras(("flux-style", 1.0)))
+            two = image(loras=loras(("flux-detail", 1.0), ("flux-kohya", 1.0)))
+            assert len({plain, one, two}) == 3
+            assert image(loras=loras(("flux-style", 0.0))) == plain
+            assert image() == plain
+            wrong = predict(flux, small(loras=loras(("wan-style", 1.0))), model="flux")
+            assert wrong.status_code == 400 and "made for Wan, this model is FLUX" in wrong.text
+    finally:
+        server.stop()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "kserve_diffusion", "--device", "cpu", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_startup_errors(tiny_models, lora_dir, tmp_path) -> None:
+    model = ["--model_id", str(tiny_models["sdxl"])]
+    bad = run_cli(*model, "--lora_dir", str(lora_dir), "--preload_loras", "sdxl-style,other-architecture")
+    assert bad.returncode == 2 and "--preload_loras: adapter 'other-architecture' cannot be loaded" in bad.stderr
+    missing = run_cli(*model, "--lora_dir", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "--lora_dir:" in missing.stderr and "is not a folder" in missing.stderr
+    fused = run_cli(*model, "--lora_dir", str(lora_dir), "--fuse_qkv", "true")
+    assert fused.returncode == 2 and "--fuse_qkv with --lora_dir" in fused.stderr
+    alone = run_cli(*model, "--preload_loras", "sdxl-style")
+    assert alone.returncode == 2 and "--preload_loras: needs --lora_dir" in alone.stderr
+
+
+def test_compile_switches_adapters_without_recompiling(tiny_models, lora_dir, tmp_path) -> None:
+    """--compile regional: the warm-up compiles; after the first request of this size, switching adapters,
+    scales and no adapter at all adds no compiled graph, and no adapter still gives the same bytes."""
+    sdxl_only = tmp_path / "loras"  # copies: links leading out of --lora_dir are refused
+    sdxl_only.mkdir()
+    for name in ("sdxl-style.safetensors", "sdxl-kohya.safetensors"):
+        shutil.copy(lora_dir / name, sdxl_only / name)
+    shutil.copytree(lora_dir / "sdxl-detail", sdxl_only / "sdxl-detail")
+    args = ["--model_id", str(tiny_models["sdxl"]), "--lora_dir", str(sdxl_only), "--compile", "regional"]
+    server = start_server([*args, "--max_lora_rank", "8"], tmp_path / "compile.log")
+    try:
+        with httpx.Client(base_url=server.url, timeout=300) as http:
+            plain = png(http)
+            graphs = metric(http, "compiled_graphs")
+            assert graphs >= 1
+            images = [
+                png(http, loras=loras(("sdxl-style", 1.0))),
+                png(http, loras=loras(("sdxl-detail", 1.0), ("sdxl-kohya", 0.5))),
+                png(http),
+                png(http, loras=loras(("sdxl-kohya", 1.0))),
+                png(http, loras=loras(("sdxl-style", 0.3), ("sdxl-detail", 1.0), ("sdxl-kohya", 1.0))),
+                png(http, loras=loras(("sdxl-style", 1.0))),
+                png(http, loras=loras(("sdxl-style", 0.0))),
+            ]
+            assert metric(http, "compiled_graphs") == graphs, "switching adapters recompiled"
+            assert images[2] == plain and images[6] == plain and images[5] == images[0]
+            assert len({images[0], images[1], images[3], images[4], plain}) == 5
+    finally:
+        server.stop()
+    assert "4 LoRA slots of rank 8" in server.log()
