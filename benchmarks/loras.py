@@ -86,8 +86,6 @@ def measure(plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
-if __name__ == "__main__":
-    from benchmarks.serving import Plan as _Plan
-
-    for row in measure(_Plan()):
+if __name__ == "__main__":  # this section alone: python -m benchmarks.loras
+    for row in measure(Plan()):
         print(row)

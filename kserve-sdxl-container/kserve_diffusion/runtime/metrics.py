@@ -36,7 +36,6 @@ for _task in ("text2img", "img2img", "inpaint", "text2video", "unknown"):
         REQUESTS.labels(task=_task, outcome=_outcome)
 
 
-
 def _compiled_graphs() -> float:
     """Graphs torch.compile has made in this process: it rises after the warm-up only when something recompiles."""
     from torch._dynamo.utils import counters  # imported on first scrape: the module is large
