@@ -20,10 +20,12 @@ import torch
 from kserve.protocol.infer_type import InferInput, InferRequest
 from kserve_diffusion.testing import tiny
 from kserve_diffusion.testing.adapters import lora_layers, save_diffusers, save_kohya, write_adapters
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import ServerProcess, start_server
 from tests.helpers import decode_data_url, grpc_infer, only_image, predict, small
+from tests.image_host import png as png_file
 
 VIDEO = {"task_type": "text2video", "video_height": 64, "video_width": 64, "num_frames": 5, "num_inference_steps": 2}
 
@@ -284,9 +286,51 @@ def test_compile_switches_adapters_without_recompiling(tiny_models, lora_dir, tm
                 png(http, loras=loras(("sdxl-style", 1.0))),
                 png(http, loras=loras(("sdxl-style", 0.0))),
             ]
-            assert metric(http, "compiled_graphs") == graphs, "switching adapters recompiled"
             assert images[2] == plain and images[6] == plain and images[5] == images[0]
             assert len({images[0], images[1], images[3], images[4], plain}) == 5
+            # added after start-up: one training layers without slots, one of another architecture
+            base = tiny.BUILDERS["sdxl"]()
+            name, linear = next((n, m) for n, m in base.unet.named_modules() if n.endswith("proj_in"))
+            late = {f"{name}.lora_A.weight": torch.ones(2, linear.in_features) * 0.01}
+            late[f"{name}.lora_B.weight"] = torch.ones(linear.out_features, 2) * 0.01
+            save_diffusers(base, {"unet": late}, sdxl_only / "sdxl-late")
+            shutil.copytree(lora_dir / "other-architecture", sdxl_only / "other-architecture")
+            for added, words in (("sdxl-late", "no slot for"), ("other-architecture", "cannot be loaded")):
+                answer = predict(http, small(seed=7, loras=loras((added, 1.0))))
+                assert answer.status_code == 400 and words in answer.text, answer.text
+            assert png(http) == plain and png(http, loras=loras(("sdxl-style", 1.0))) == images[0]
+            assert metric(http, "compiled_graphs") == graphs, "switching adapters recompiled"
     finally:
         server.stop()
     assert "4 LoRA slots of rank 8" in server.log()
+
+
+def test_openai_edits_form_field_and_videos_body_carry_loras(http, lora_server) -> None:
+    """images.edit is multipart: `loras` arrives as JSON text; the Videos API takes it as a body field."""
+    source = png_file(Image.new("RGB", (64, 64), (200, 40, 40)))
+    chosen = loras(("sdxl-style", 1.0))
+    expected = only_image(
+        predict(
+            http,
+            {
+                "prompt": "a fox",
+                "image": "data:image/png;base64," + base64.b64encode(source).decode(),
+                "strength": 0.5,
+                "seed": 4,
+                "num_inference_steps": 2,
+                "loras": chosen,
+            },
+        )
+    )[2]
+    with openai.OpenAI(base_url=f"{lora_server.url}/openai/v1", api_key="unused", max_retries=0) as sdk:
+        answer = sdk.images.edit(
+            image=("fox.png", source, "image/png"),
+            prompt="a fox",
+            extra_body={"strength": 0.5, "seed": 4, "num_inference_steps": 2, "loras": json.dumps(chosen)},
+        )
+    assert base64.b64decode(answer.data[0].b64_json) == expected
+    body = {"prompt": "a fox", "seconds": 1, "size": "64x64", "num_inference_steps": 2, "seed": 7}
+    with_adapter = http.post("/openai/v1/videos", json={**body, "loras": loras(("wan-style", 1.0))})
+    assert with_adapter.status_code == 200, with_adapter.text
+    wrong = http.post("/openai/v1/videos", json={**body, "loras": loras(("sdxl-style", 1.0))})
+    assert wrong.status_code == 400 and "this model is Wan" in wrong.text

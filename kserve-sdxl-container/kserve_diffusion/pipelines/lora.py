@@ -116,8 +116,10 @@ class LoraAdapters:
         catalog: LoraCatalog,
         max_loaded: int,
         slots: HotswapSlots | None = None,
+        refused: str | None = None,
     ):
         self.pipeline = pipeline
+        self.refused = refused  # why this model takes no adapters at all (a 400 for any request naming one)
         self.family = family
         self.catalog = catalog
         self.max_loaded = max_loaded
@@ -134,6 +136,8 @@ class LoraAdapters:
 
     def check(self, choices: Sequence[LoraChoice]) -> None:
         """Validation (event loop): every adapter exists, is a LoRA file, and is not for another family."""
+        if self.refused and choices:
+            raise RequestError("loras", self.refused)
         for choice in choices:
             info = self.catalog.info(choice.name)
             if info.family is not None and info.family != self.family:
@@ -208,6 +212,7 @@ class LoraAdapters:
         info = self.catalog.info(name)
         self._serial += 1
         adapter = f"lora{self._serial}"  # PEFT adapter names become module keys: no dots allowed
+        slotted = 0  # layers of the adapter's denoiser part found in the hot-swap slots
         try:
             if self.slots is None:
                 self.pipeline.load_lora_weights(str(info.path), adapter_name=adapter)
@@ -218,14 +223,16 @@ class LoraAdapters:
                 if part.text_encoders is not None:
                     self.pipeline.load_lora_weights(str(part.text_encoders), adapter_name=adapter)
                 if part.denoiser is not None:
-                    self.slots.probe(part.denoiser)
-            self._check_injected(info, adapter)
+                    slotted = self.slots.probe(part.denoiser)
+            self._check_injected(info, adapter, slotted)
         except Exception as exc:
             for module in self.modules.values():
                 _remove(module, adapter)
             part = self.parts.pop(name, None)
             if part is not None:
                 part.remove()
+            if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+                raise  # the worker frees memory and answers 507, as for a generation
             reason = exc.args[0] if isinstance(exc, _NotForThisModel) else _reason(exc)
             raise RequestError(
                 "loras", f"adapter {name!r} cannot be loaded into this {FAMILY_TITLES[self.family]} model: {reason}"
@@ -233,14 +240,10 @@ class LoraAdapters:
         self.loaded[name] = adapter
         logger.info("LoRA adapter %s loaded (%s layout, rank %s)", name, info.layout, info.rank)
 
-    def _check_injected(self, info: AdapterInfo, adapter: str) -> None:
+    def _check_injected(self, info: AdapterInfo, adapter: str, slotted: int) -> None:
         """diffusers skips keys that match no layer with a warning: an adapter for another architecture could
         load nothing, or only part of itself. Every LoRA matrix of the file must have found its layer."""
-        if self.slots is not None:
-            found = sum(len(_lora_modules(m, adapter)) for c, m in self.modules.items() if c != self.slots.component)
-            found += self.slots.probed_layers
-        else:
-            found = sum(len(_lora_modules(module, adapter)) for module in self.modules.values())
+        found = slotted + sum(len(_lora_modules(module, adapter)) for module in self.modules.values())
         if found < info.layers:
             what = "none" if found == 0 else f"only {found}"
             raise _NotForThisModel(
@@ -250,6 +253,10 @@ class LoraAdapters:
 
 class _NotForThisModel(Exception):
     """An adapter whose layers are not this model's."""
+
+
+class _NoSlots(Exception):
+    """--compile without an adapter of the family at start-up: nothing to size the slots from."""
 
 
 class HotswapSlots:
@@ -263,7 +270,6 @@ class HotswapSlots:
         self.names: list[str | None] = [None] * count  # adapter name in each slot
         self.base_scales: list[list[tuple[BaseTunerLayer, float]]] = [[] for _ in range(count)]
         self.targets: set[str] = set()
-        self.probed_layers = 0
 
     @classmethod
     def prepare(
@@ -294,9 +300,9 @@ class HotswapSlots:
                     _remove(slots.module, "scan")
                     part.remove()
         if not targets:
-            raise ConfigError(
-                f"--compile with --lora_dir: no {FAMILY_TITLES[family]} adapter in {catalog.root} to size the "
-                "hot-swap slots from (the compiled model's adapter layers are fixed at start-up)"
+            raise _NoSlots(
+                f"--compile: no {FAMILY_TITLES[family]} adapter was in --lora_dir at start-up, so the compiled model "
+                "has no adapter slots (restart the server with one in the folder)"
             )
         slots.targets = set(targets)
         placeholder = {}
@@ -320,24 +326,33 @@ class HotswapSlots:
                 "loras", f"adapter {info.name!r} has rank {info.rank}, above --max_lora_rank {self.rank} (--compile)"
             )
 
-    def probe(self, path: Path) -> None:
+    def probe(self, path: Path) -> int:
         """Check that a denoiser part fits the slots by swapping it into a free slot (else slot 0) at scale 0:
-        hot-swapping raises for a layer outside the slots or a rank above them; `probed_layers` counts the
-        layers it filled (a converter that silently drops keys leaves them empty)."""
+        hot-swapping raises for a layer outside the slots or a rank above them. Returns how many layers it
+        filled (a converter that silently drops keys leaves them empty)."""
         index = self.names.index(None) if None in self.names else 0
-        self._swap(index, path, name=None)
+        try:
+            self._swap(index, path, name=None)
+        except RuntimeError as exc:
+            if "unexpected keys" not in str(exc):
+                raise
+            raise _NotForThisModel(
+                "it trains layers the compiled model has no slot for (--compile fixes the slots from the adapters in "
+                "--lora_dir at start-up: restart the server to include it)"
+            ) from None
         slot = SLOT.format(index)
-        self.probed_layers = sum(
-            1 for _, layer in _lora_modules(self.module, slot) if bool(layer.lora_B[slot].weight.any())
-        )
+        return sum(1 for _, layer in _lora_modules(self.module, slot) if bool(layer.lora_B[slot].weight.any()))
 
     def _swap(self, index: int, path: Path, name: str | None) -> None:
         slot = SLOT.format(index)
         try:
             self.pipeline.load_lora_weights(str(path), adapter_name=slot, hotswap=True)
         except Exception:
+            # A swap that failed half-way may have written some weights and scales: the slot is free and silent.
             self.names[index] = None
             self.base_scales[index] = []
+            for _, layer in _lora_modules(self.module, slot):
+                layer.scaling[slot].fill_(0.0)
             raise
         self.names[index] = name
         # The scale the swap wrote (the adapter's alpha / rank) is the base a request's scale multiplies.
@@ -386,7 +401,11 @@ def open_adapters(pipeline: DiffusionPipeline, family: str, config: ServerConfig
     catalog = LoraCatalog(config.lora_dir)
     slots = None
     if config.compile != "none":
-        slots = HotswapSlots.prepare(pipeline, family, catalog, config.max_loras_per_request, config.max_lora_rank)
+        try:
+            slots = HotswapSlots.prepare(pipeline, family, catalog, config.max_loras_per_request, config.max_lora_rank)
+        except _NoSlots as exc:
+            logger.warning("%s", exc)
+            return LoraAdapters(pipeline, family, catalog, config.max_loaded_loras, refused=str(exc))
     adapters = LoraAdapters(pipeline, family, catalog, config.max_loaded_loras, slots)
     names = [name.strip() for name in (config.preload_loras or "").split(",") if name.strip()]
     if len(names) > config.max_loaded_loras:

@@ -96,9 +96,17 @@ class LoraCatalog:
             raise ConfigError(f"--lora_dir: {folder} is not a folder")
         self.root = root.resolve()
         self._infos: dict[tuple[Path, int], AdapterInfo] = {}
+        self._names: tuple[int, list[str]] | None = None  # (the folder's mtime, its adapter names)
 
     def names(self) -> list[str]:
-        """The names of the adapters in the folder, sorted (entries that are not adapters are left out)."""
+        """The names of the adapters in the folder, sorted (entries that are not adapters are left out); read
+        again only when the folder changes (a request naming unknown adapters costs one stat)."""
+        changed = self.root.stat().st_mtime_ns
+        if self._names is None or self._names[0] != changed:
+            self._names = (changed, self._scan())
+        return list(self._names[1])
+
+    def _scan(self) -> list[str]:
         found = []
         for entry in sorted(self.root.iterdir()):
             name = entry.name[: -len(SUFFIX)] if entry.name.endswith(SUFFIX) else entry.name

@@ -1,0 +1,98 @@
+"""LoRA adapters in a runner loaded in this process: the refiner runs without them, a dedicated inpainting
+UNet refuses them, the least recently used adapter is unloaded, preloading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kserve_diffusion.api.request import DEFAULT_LIMITS, parse_request
+from kserve_diffusion.config import defaults
+from kserve_diffusion.errors import RequestError
+from kserve_diffusion.pipelines import flux, sdxl
+from kserve_diffusion.testing import tiny
+from kserve_diffusion.testing.adapters import write_adapters
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("loras")
+    write_adapters(tiny.BUILDERS["sdxl"](), "sdxl", folder)
+    return folder
+
+
+def request(**fields: object):
+    fields = {"prompt": "a fox", "height": 64, "width": 64, "num_inference_steps": 2, "seed": 1, **fields}
+    return parse_request(fields, DEFAULT_LIMITS)
+
+
+def lora_layers_on(module) -> list[bool]:
+    return [not layer.disable_adapters for layer in module.modules() if isinstance(layer, BaseTunerLayer)]
+
+
+def test_the_refiner_runs_without_the_adapters(tiny_models: dict[str, Path], lora_dir: Path) -> None:
+    config = defaults(
+        model_id=str(tiny_models["sdxl"]),
+        refiner_id=str(tiny_models["refiner"]),
+        use_refiner=True,
+        lora_dir=str(lora_dir),
+    )
+    runner = sdxl.load(config)
+    shared = runner.base.text_encoder_2
+    assert shared is runner.refiner.text_encoder_2
+    seen = []
+    refiner_call = type(runner.refiner).__call__
+
+    def spy(pipeline, *args, **kwargs):
+        seen.append(any(lora_layers_on(pipeline.text_encoder_2)))
+        return refiner_call(pipeline, *args, **kwargs)
+
+    checked = runner.check(request(loras=[{"name": "sdxl-style"}]), DEFAULT_LIMITS)
+    runner.use_loras(checked)
+    assert all(lora_layers_on(shared)) and lora_layers_on(runner.base.unet)
+    original = type(runner.refiner).__call__
+    try:
+        type(runner.refiner).__call__ = spy
+        runner.generate(checked, 1)
+    finally:
+        type(runner.refiner).__call__ = original
+    assert seen == [False]  # text_encoder_2's LoRA layers were off while the refiner ran
+    assert all(lora_layers_on(shared))  # and on again for the base afterwards
+    assert not any(isinstance(m, BaseTunerLayer) for m in runner.refiner.unet.modules())
+
+
+def test_a_dedicated_inpainting_unet_refuses_adapters(tiny_models: dict[str, Path], lora_dir: Path) -> None:
+    model = {"model_id": str(tiny_models["sdxl"]), "inpaint_model_id": str(tiny_models["inpaint"])}
+    runner = sdxl.load(defaults(**model, lora_dir=str(lora_dir)))
+    inpaint = request(task_type="inpaint", image="aGk=", mask="aGk=", loras=[{"name": "sdxl-style"}])
+    with pytest.raises(RequestError, match="dedicated inpainting model"):
+        runner.check(inpaint, DEFAULT_LIMITS)
+
+
+def test_least_recently_used_is_unloaded_and_preload(tiny_models: dict[str, Path], lora_dir: Path) -> None:
+    config = defaults(
+        model_id=str(tiny_models["sdxl"]), lora_dir=str(lora_dir), max_loaded_loras=2, preload_loras="sdxl-kohya"
+    )
+    runner = sdxl.load(config)
+    adapters = runner.adapters
+    assert list(adapters.loaded) == ["sdxl-kohya"]
+    for name in ("sdxl-style", "sdxl-kohya", "sdxl-detail"):
+        runner.use_loras(runner.check(request(loras=[{"name": name}]), DEFAULT_LIMITS))
+    assert list(adapters.loaded) == ["sdxl-kohya", "sdxl-detail"]  # sdxl-style was the least recently used
+    peft_names = set(runner.base.unet.peft_config)
+    assert peft_names == set(adapters.loaded.values())  # its layers are gone from the modules too
+    done = runner.use_loras(runner.check(request(loras=[{"name": "sdxl-style"}]), DEFAULT_LIMITS))
+    assert done.loaded == ["sdxl-style"] and list(adapters.loaded) == ["sdxl-detail", "sdxl-style"]
+
+
+def test_compile_without_an_adapter_of_the_family_refuses_adapters(
+    tiny_models: dict[str, Path], lora_dir: Path
+) -> None:
+    """--compile sizes its hot-swap slots from the folder's adapters; with only SDXL ones, a FLUX server starts
+    and answers requests naming adapters with a 400 that says why (compiling happens on first use: not here)."""
+    config = defaults(model_type="flux", model_id=str(tiny_models["flux"]), lora_dir=str(lora_dir), compile="regional")
+    runner = flux.load(config)
+    with pytest.raises(RequestError, match="no FLUX adapter was in --lora_dir at start-up"):
+        runner.check(request(guidance_scale=3.5, loras=[{"name": "sdxl-style"}]), DEFAULT_LIMITS)
+    assert runner.check(request(guidance_scale=3.5), DEFAULT_LIMITS).loras is None
