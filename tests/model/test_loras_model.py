@@ -3,13 +3,15 @@ UNet refuses them, the least recently used adapter is unloaded, preloading."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from kserve_diffusion.api.loras import LoraChoice
 from kserve_diffusion.api.request import DEFAULT_LIMITS, parse_request
 from kserve_diffusion.config import defaults
-from kserve_diffusion.errors import RequestError
-from kserve_diffusion.pipelines import flux, sdxl
+from kserve_diffusion.errors import ConfigError, RequestError
+from kserve_diffusion.pipelines import flux, lora, sdxl
 from kserve_diffusion.testing import tiny
 from kserve_diffusion.testing.adapters import write_adapters
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -96,3 +98,47 @@ def test_compile_without_an_adapter_of_the_family_refuses_adapters(
     with pytest.raises(RequestError, match="no FLUX adapter was in --lora_dir at start-up"):
         runner.check(request(guidance_scale=3.5, loras=[{"name": "sdxl-style"}]), DEFAULT_LIMITS)
     assert runner.check(request(guidance_scale=3.5), DEFAULT_LIMITS).loras is None
+
+
+def test_hot_swap_slots_give_what_named_adapters_give(lora_dir: Path) -> None:
+    """--compile's slots (prepared here without compiling) apply every adapter of a request with its scale:
+    the same images as eager named adapters, up to float rounding (slots are padded to --max_lora_rank)."""
+    import numpy as np
+    import torch
+
+    def images(pipeline, adapters, choices) -> np.ndarray:
+        adapters.activate([LoraChoice(name=name, scale=scale) for name, scale in choices])
+        generator = torch.Generator().manual_seed(3)
+        kwargs = {"prompt": "a fox", "height": 64, "width": 64, "num_inference_steps": 2, "output_type": "np"}
+        return pipeline(**kwargs, generator=generator).images
+
+    eager_pipeline, slot_pipeline = tiny.BUILDERS["sdxl"](), tiny.BUILDERS["sdxl"]()
+    for pipeline in (eager_pipeline, slot_pipeline):
+        pipeline.set_progress_bar_config(disable=True)
+    eager = lora.open_adapters(eager_pipeline, "sdxl", defaults(lora_dir=str(lora_dir)))
+    slots = lora.open_adapters(slot_pipeline, "sdxl", defaults(lora_dir=str(lora_dir), compile="regional"))
+    assert slots.slots is not None and eager.slots is None
+    plain = images(eager_pipeline, eager, [])
+    assert np.array_equal(images(slot_pipeline, slots, []), plain)
+    for choices in ([("sdxl-style", 1.0)], [("sdxl-detail", 0.7), ("sdxl-kohya", 1.0)], [("sdxl-style", 0.0)]):
+        expected = images(eager_pipeline, eager, choices)
+        np.testing.assert_allclose(images(slot_pipeline, slots, choices), expected, atol=2e-3)
+    assert np.array_equal(images(slot_pipeline, slots, []), plain)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"lora_dir": "/nonexistent/loras"}, "--lora_dir: /nonexistent/loras is not a folder"),
+        ({"fuse_qkv": True}, "--fuse_qkv with --lora_dir"),
+        ({"lora_dir": None, "preload_loras": "sdxl-style"}, "--preload_loras: needs --lora_dir"),
+        ({"preload_loras": "../x"}, "--preload_loras: '../x' is not an adapter name"),
+        ({"preload_loras": "nope"}, "--preload_loras: no adapter named"),
+        ({"preload_loras": "a,b,c", "max_loaded_loras": 2}, "3 adapters, more than --max_loaded_loras 2"),
+    ],
+)
+def test_startup_errors_name_the_flag(lora_dir: Path, options: dict, words: str) -> None:
+    """Checked before the pipeline is touched (the operator's mistakes, found at start-up)."""
+    config = defaults(**{"lora_dir": str(lora_dir), **options})
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        lora.open_adapters(None, "sdxl", config)  # type: ignore[arg-type]

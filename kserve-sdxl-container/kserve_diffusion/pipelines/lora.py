@@ -17,6 +17,7 @@ It is one module because both ways share the loading, the clean-up and the check
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import tempfile
 from collections import OrderedDict
@@ -260,7 +261,12 @@ class _NoSlots(Exception):
 
 
 class HotswapSlots:
-    """--compile: fixed adapter slots in the denoiser, filled by hot-swapping weights (no recompilation)."""
+    """--compile: fixed adapter slots in the denoiser, filled by hot-swapping weights (no recompilation).
+
+    A swap must never fail half-way (diffusers then deletes the slot: the compiled model would change), so an
+    adapter's denoiser part is first loaded into a shape-only copy of the denoiser on the meta device, through
+    the same diffusers loader: that checks its layer shapes, and tells which layers and ranks it trains.
+    """
 
     def __init__(self, pipeline: DiffusionPipeline, component: str, count: int, rank: int):
         self.pipeline = pipeline
@@ -270,6 +276,22 @@ class HotswapSlots:
         self.names: list[str | None] = [None] * count  # adapter name in each slot
         self.base_scales: list[list[tuple[BaseTunerLayer, float]]] = [[] for _ in range(count)]
         self.targets: set[str] = set()
+        # A pipeline view whose denoiser is a copy without weights (meta device): loading into it costs nothing.
+        self._shape_only = copy.copy(pipeline)
+        with torch.device("meta"):
+            setattr(self._shape_only, component, type(self.module).from_config(self.module.config))
+
+    def trained_layers(self, path: Path) -> dict[str, int]:
+        """The denoiser layers an adapter's denoiser part trains, with their ranks; the loader's exception for
+        an adapter that does not fit this architecture."""
+        shape_only = getattr(self._shape_only, self.component)
+        try:
+            self._shape_only.load_lora_weights(str(path), adapter_name="probe")
+            return {
+                name: int(layer.lora_A["probe"].weight.shape[0]) for name, layer in _lora_modules(shape_only, "probe")
+            }
+        finally:
+            _remove(shape_only, "probe")
 
     @classmethod
     def prepare(
@@ -278,7 +300,7 @@ class HotswapSlots:
         """Before compiling: find the layers the folder's adapters train, then load that many zero slots."""
         component = "unet" if hasattr(pipeline, "unet") else "transformer"
         slots = cls(pipeline, component, count, rank)
-        targets: dict[str, torch.nn.Linear] = {}
+        targets: set[str] = set()
         with tempfile.TemporaryDirectory(prefix="kserve-diffusion-lora-scan-") as scratch:
             for name in catalog.names():
                 try:
@@ -288,33 +310,33 @@ class HotswapSlots:
                 if info.family not in (None, family):
                     continue
                 part = _PartFiles(Path(scratch), "scan", info.path)
-                if part.denoiser is None:
-                    continue
                 try:
-                    pipeline.load_lora_weights(str(part.denoiser), adapter_name="scan")
-                    for layer_name, layer in _lora_modules(slots.module, "scan"):
-                        targets[layer_name] = layer.get_base_layer()
+                    if part.denoiser is not None:
+                        targets.update(slots.trained_layers(part.denoiser))
                 except Exception as exc:  # a broken adapter is the request's 400 later, not a startup failure
                     logger.warning("--compile: LoRA adapter %s left out of the slots: %s", name, _reason(exc))
                 finally:
-                    _remove(slots.module, "scan")
                     part.remove()
         if not targets:
             raise _NoSlots(
                 f"--compile: no {FAMILY_TITLES[family]} adapter was in --lora_dir at start-up, so the compiled model "
                 "has no adapter slots (restart the server with one in the folder)"
             )
-        slots.targets = set(targets)
+        slots.targets = targets
+        layers = dict(slots.module.named_modules())
         placeholder = {}
-        for layer_name, linear in targets.items():
+        for layer_name in sorted(targets):
+            linear = layers[layer_name]
             placeholder[f"{component}.{layer_name}.lora_A.weight"] = torch.zeros(rank, linear.in_features)
             placeholder[f"{component}.{layer_name}.lora_B.weight"] = torch.zeros(linear.out_features, rank)
         pipeline.enable_lora_hotswap(target_rank=rank)
-        for index in range(count):
-            pipeline.load_lora_weights(dict(placeholder), adapter_name=SLOT.format(index))
-        for index in range(count):  # scales as tensors, 0 until used (diffusers converts the first slot's only)
-            slot = SLOT.format(index)
-            for _, layer in _lora_modules(slots.module, slot):
+        for index in range(count):  # each slot its own tensors: the loader may keep (not copy) what it is given
+            own = {key: tensor.clone() for key, tensor in placeholder.items()}
+            pipeline.load_lora_weights(own, adapter_name=SLOT.format(index))
+        names = [SLOT.format(index) for index in range(count)]
+        for _, layer in _lora_modules(slots.module, names[0]):
+            layer.set_adapter(names)  # every slot always on: a request's choice is only its scales
+            for slot in names:  # scales as tensors, 0 until used (diffusers converts the first slot's only)
                 layer.scaling[slot] = torch.zeros((), device=layer.lora_A[slot].weight.device)
         logger.info("--compile: %d LoRA slots of rank %d on %d %s layers", count, rank, len(targets), component)
         return slots
@@ -327,21 +349,20 @@ class HotswapSlots:
             )
 
     def probe(self, path: Path) -> int:
-        """Check that a denoiser part fits the slots by swapping it into a free slot (else slot 0) at scale 0:
-        hot-swapping raises for a layer outside the slots or a rank above them. Returns how many layers it
-        filled (a converter that silently drops keys leaves them empty)."""
-        index = self.names.index(None) if None in self.names else 0
-        try:
-            self._swap(index, path, name=None)
-        except RuntimeError as exc:
-            if "unexpected keys" not in str(exc):
-                raise
+        """Check that a denoiser part fits the slots (shapes, layers, ranks) without touching them; returns how
+        many layers it trains."""
+        trained = self.trained_layers(path)
+        outside = sorted(set(trained) - self.targets)
+        if outside:
             raise _NotForThisModel(
-                "it trains layers the compiled model has no slot for (--compile fixes the slots from the adapters in "
-                "--lora_dir at start-up: restart the server to include it)"
-            ) from None
-        slot = SLOT.format(index)
-        return sum(1 for _, layer in _lora_modules(self.module, slot) if bool(layer.lora_B[slot].weight.any()))
+                f"it trains {len(outside)} layer(s) the compiled model has no slot for, e.g. {outside[0]} "
+                "(--compile fixes the slots from the adapters in --lora_dir at start-up: restart the server to "
+                "include it)"
+            )
+        highest = max(trained.values(), default=0)
+        if highest > self.rank:
+            raise _NotForThisModel(f"its rank {highest} is above --max_lora_rank {self.rank} (--compile)")
+        return len(trained)
 
     def _swap(self, index: int, path: Path, name: str | None) -> None:
         slot = SLOT.format(index)
@@ -399,36 +420,49 @@ def open_adapters(pipeline: DiffusionPipeline, family: str, config: ServerConfig
             "--fuse_qkv with --lora_dir: fused projections replace the layers LoRA adapters train; use one of them"
         )
     catalog = LoraCatalog(config.lora_dir)
+    preload = _preloaded(catalog, family, config)  # checked before anything is loaded
     slots = None
     if config.compile != "none":
         try:
             slots = HotswapSlots.prepare(pipeline, family, catalog, config.max_loras_per_request, config.max_lora_rank)
         except _NoSlots as exc:
+            if preload:
+                raise ConfigError(f"--preload_loras: {exc}") from None
             logger.warning("%s", exc)
             return LoraAdapters(pipeline, family, catalog, config.max_loaded_loras, refused=str(exc))
     adapters = LoraAdapters(pipeline, family, catalog, config.max_loaded_loras, slots)
+    for name in preload:
+        try:
+            adapters.check([LoraChoice(name=name)])
+            adapters.activate([LoraChoice(name=name)])
+        except RequestError as exc:
+            raise ConfigError(f"--preload_loras: {str(exc).removeprefix('loras: ')}") from None
+    if preload:
+        adapters.activate([])
+        logger.info("LoRA adapters preloaded: %s", ", ".join(preload))
+    logger.info("LoRA adapters from %s: %d found", catalog.root, len(catalog.names()))
+    return adapters
+
+
+def _preloaded(catalog: LoraCatalog, family: str, config: ServerConfig) -> list[str]:
+    """The --preload_loras names this family loads (a combined server's other model loads its own)."""
     names = [name.strip() for name in (config.preload_loras or "").split(",") if name.strip()]
     if len(names) > config.max_loaded_loras:
         raise ConfigError(
             f"--preload_loras: {len(names)} adapters, more than --max_loaded_loras {config.max_loaded_loras}"
         )
     served = {config.model_type, "wan"} if config.video_model_id else {config.model_type}
+    mine = []
     for name in names:
         if not LORA_NAME.fullmatch(name):
             raise ConfigError(f"--preload_loras: {name!r} is not an adapter name")
         try:
             made_for = catalog.info(name).family
-            if made_for in served and made_for != family:
-                continue  # the other model of a combined server preloads it
-            adapters.check([LoraChoice(name=name)])
-            adapters.activate([LoraChoice(name=name)])
         except RequestError as exc:
             raise ConfigError(f"--preload_loras: {str(exc).removeprefix('loras: ')}") from None
-    if names:
-        adapters.activate([])
-        logger.info("LoRA adapters preloaded: %s", ", ".join(names))
-    logger.info("LoRA adapters from %s: %d found", catalog.root, len(catalog.names()))
-    return adapters
+        if not (made_for in served and made_for != family):
+            mine.append(name)
+    return mine
 
 
 def activate(adapters: LoraAdapters | None, request: GenerationRequest) -> Activation | None:
