@@ -261,6 +261,18 @@ def test_the_scale_out_manifests_share_a_redis_and_scale_on_queue_length() -> No
 SERVERLESS_ONLY = ("containerConcurrency", "maxReplicas")
 
 
+def test_the_lora_manifest_mounts_the_folder_it_names() -> None:
+    """manifests/loras: --lora_dir is the mount path of a volume from the adapters' own claim."""
+    docs = {doc["kind"]: doc for doc in manifest_objects()[MANIFESTS / "loras" / "sdxl-loras.yaml"]}
+    predictor = docs["InferenceService"]["spec"]["predictor"]
+    model = predictor["model"]
+    (lora_dir,) = [arg.split("=", 1)[1] for arg in model["args"] if arg.startswith("--lora_dir=")]
+    (mount,) = [m for m in model["volumeMounts"] if m["mountPath"] == lora_dir]
+    (volume,) = [v for v in predictor["volumes"] if v["name"] == mount["name"]]
+    assert volume["persistentVolumeClaim"]["claimName"] == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    assert mount["readOnly"] is True
+
+
 def test_serverless_variants_differ_only_where_knative_needs_it() -> None:
     services = inference_services()
     for path, serverless in services.items():
