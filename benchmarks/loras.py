@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,10 @@ import httpx
 from kserve_diffusion.testing import tiny
 from kserve_diffusion.testing.adapters import lora_layers, save_diffusers
 
+from benchmarks.jobs import _predict as _timed  # one :predict, sent to parsed
 from benchmarks.serving import Plan, Server, _instance
 
 ADAPTERS = ("a", "b", "c", "d")
-
-
-def _timed(client: httpx.Client, instance: dict[str, Any]) -> float:
-    started = time.perf_counter()
-    answer = client.post("/v1/models/sdxl:predict", json={"instances": [instance]})
-    answer.raise_for_status()
-    answer.json()
-    return time.perf_counter() - started
 
 
 def _with(instance: dict[str, Any], name: str) -> dict[str, Any]:
