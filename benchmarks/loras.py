@@ -47,7 +47,7 @@ def measure(plan: Plan) -> list[dict[str, Any]]:
             with httpx.Client(base_url=server.url, timeout=600) as client:
                 _timed(client, instance)  # warm-up
                 first = [(_timed(client, _with(instance, name)), _timed(client, instance)) for name in ADAPTERS]
-                pairs = max(4, plan.repeats * 3)
+                pairs = plan.repeats * 3 if size >= 256 else 2  # the --quick smoke run: two pairs
                 switching = [
                     (_timed(client, _with(instance, ADAPTERS[index % 2])), _timed(client, instance))
                     for index in range(pairs)

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from kserve_diffusion.config import settings
 from kserve_diffusion.config.parsing import TOKEN_ENV_VARS
 from kserve_diffusion.testing import tiny
-from kserve_diffusion.testing.adapters import write_adapters
+from kserve_diffusion.testing.adapters import lora_layers, save_diffusers, save_kohya, write_adapters
+from safetensors.torch import load_file, save_file
 
 from tests.image_host import ImageHost
 
@@ -213,24 +215,47 @@ def image_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="session")
-def video_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """What `make demo` serves: the tiny SDXL base with the tiny Wan beside it (--video_model_id), and the tiny
-    LoRA adapters of both in --lora_dir."""
-    loras = tmp_path_factory.mktemp("demo-loras")
-    for family in ("sdxl", "wan"):
-        write_adapters(tiny.BUILDERS[family](), family, loras)
+def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny LoRA adapters of every family in both layouts (the demo's SDXL and Wan ones among them), and the
+    ones a server must refuse: another SDXL architecture, a Stable Diffusion 1.5 adapter, a file without
+    LoRA matrices, a symlink out of the folder, a file that is not an adapter."""
+    folder = tmp_path_factory.mktemp("loras")
+    for family in ("sdxl", "flux", "wan"):
+        write_adapters(tiny.BUILDERS[family](), family, folder)
+    refiner = tiny.BUILDERS["sdxl-refiner"]()  # its UNet has other cross-attention widths than the base's
+    save_diffusers(refiner, lora_layers(refiner, "sdxl", seed=4), folder / "other-architecture")
+    sd15 = save_kohya("sdxl", lora_layers(tiny.BUILDERS["sdxl"](), "sdxl", seed=5), folder / "sd15-style.safetensors")
+    save_file(load_file(str(sd15)), str(sd15), metadata={"ss_base_model_version": "sd_v1"})  # as sd-scripts says
+    save_file({"conv.weight": torch.zeros(3, 3)}, str(folder / "not-a-lora.safetensors"))
+    outside = tmp_path_factory.mktemp("outside") / "secret.safetensors"
+    save_file({"x.lora_A.weight": torch.zeros(1, 1)}, str(outside))
+    (folder / "escape.safetensors").symlink_to(outside)
+    (folder / "notes.txt").write_text("not an adapter")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def video_server(
+    tiny_models: dict[str, Path], lora_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """What `make demo` serves: the tiny SDXL base with the tiny Wan beside it (--video_model_id), and tiny
+    LoRA adapters in --lora_dir (the demo's, and the others of `lora_dir`)."""
     args = ["--model_id", str(tiny_models["sdxl"]), "--video_model_id", str(tiny_models["wan"])]
-    args += ["--lora_dir", str(loras)]
+    args += ["--lora_dir", str(lora_dir)]
     server = start_server(args, tmp_path_factory.mktemp("logs") / "video.log")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def flux_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Model "flux", the tiny FLUX (dev-like): its transformer from a single file, the rest from --model_id, offline."""
+def flux_server(
+    tiny_models: dict[str, Path], lora_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """Model "flux", the tiny FLUX (dev-like): its transformer from a single file, the rest from --model_id, offline;
+    LoRA adapters from `lora_dir`."""
     checkpoint = tiny_models["flux_file"]
-    args = ["--model_type", "flux", "--model_id", str(checkpoint.parent / "components"), "--single_file_model"]
+    args = ["--model_type", "flux", "--model_id", str(checkpoint.parent / "components"), "--lora_dir", str(lora_dir)]
+    args += ["--single_file_model"]
     log = tmp_path_factory.mktemp("logs") / "flux.log"
     server = start_server([*args, str(checkpoint)], log, env={"HF_HUB_OFFLINE": "1"}, model_name="flux")
     yield server

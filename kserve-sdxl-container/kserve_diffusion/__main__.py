@@ -1,21 +1,21 @@
-"""Entry point: parse the configuration, load the model once, serve it with kserve.ModelServer."""
+"""Entry point: parse the configuration, load the model once, serve it with kserve.ModelServer.
+
+diffusers, transformers and torch are imported only once the flags are read and the job store answers:
+`--help`, a mistyped flag or an unreachable Redis answer in seconds, not after the ten seconds those
+imports take.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 
-from diffusers.utils import logging as diffusers_logging
 from kserve import logging as kserve_logging
 from kserve.logging import logger
-from transformers.utils import logging as transformers_logging
 
 from .config import parse_config
 from .errors import ConfigError
 from .jobs.stores import open_store
-from .pipelines import serving_family
-from .runtime.service import GenerationService
-from .server.app import serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,10 +24,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(argv)
         if config.configure_logging:
             kserve_logging.configure_logging(config.log_config_file)
+        store = open_store(config)  # an unreachable Redis stops the start here, before the model loads
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        from .pipelines import serving_family
+        from .runtime.service import GenerationService
+        from .server.app import serve
+
         # Progress bars garble the one-line-per-event server log.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
-        store = open_store(config)  # an unreachable Redis stops the start here, before the model loads
         service = GenerationService(config, serving_family(config))
         service.load()
     except ConfigError as exc:

@@ -18,7 +18,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 
 @pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sdxl_loras(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SDXL adapters alone (a FLUX server finds none of its family here)."""
     folder = tmp_path_factory.mktemp("loras")
     write_adapters(tiny.BUILDERS["sdxl"](), "sdxl", folder)
     return folder
@@ -33,12 +34,12 @@ def lora_layers_on(module) -> list[bool]:
     return [not layer.disable_adapters for layer in module.modules() if isinstance(layer, BaseTunerLayer)]
 
 
-def test_the_refiner_runs_without_the_adapters(tiny_models: dict[str, Path], lora_dir: Path) -> None:
+def test_the_refiner_runs_without_the_adapters(tiny_models: dict[str, Path], sdxl_loras: Path) -> None:
     config = defaults(
         model_id=str(tiny_models["sdxl"]),
         refiner_id=str(tiny_models["refiner"]),
         use_refiner=True,
-        lora_dir=str(lora_dir),
+        lora_dir=str(sdxl_loras),
     )
     runner = sdxl.load(config)
     shared = runner.base.text_encoder_2
@@ -64,17 +65,17 @@ def test_the_refiner_runs_without_the_adapters(tiny_models: dict[str, Path], lor
     assert not any(isinstance(m, BaseTunerLayer) for m in runner.refiner.unet.modules())
 
 
-def test_a_dedicated_inpainting_unet_refuses_adapters(tiny_models: dict[str, Path], lora_dir: Path) -> None:
+def test_a_dedicated_inpainting_unet_refuses_adapters(tiny_models: dict[str, Path], sdxl_loras: Path) -> None:
     model = {"model_id": str(tiny_models["sdxl"]), "inpaint_model_id": str(tiny_models["inpaint"])}
-    runner = sdxl.load(defaults(**model, lora_dir=str(lora_dir)))
+    runner = sdxl.load(defaults(**model, lora_dir=str(sdxl_loras)))
     inpaint = request(task_type="inpaint", image="aGk=", mask="aGk=", loras=[{"name": "sdxl-style"}])
     with pytest.raises(RequestError, match="dedicated inpainting model"):
         runner.check(inpaint, DEFAULT_LIMITS)
 
 
-def test_least_recently_used_is_unloaded_and_preload(tiny_models: dict[str, Path], lora_dir: Path) -> None:
+def test_least_recently_used_is_unloaded_and_preload(tiny_models: dict[str, Path], sdxl_loras: Path) -> None:
     config = defaults(
-        model_id=str(tiny_models["sdxl"]), lora_dir=str(lora_dir), max_loaded_loras=2, preload_loras="sdxl-kohya"
+        model_id=str(tiny_models["sdxl"]), lora_dir=str(sdxl_loras), max_loaded_loras=2, preload_loras="sdxl-kohya"
     )
     runner = sdxl.load(config)
     adapters = runner.adapters
@@ -89,18 +90,20 @@ def test_least_recently_used_is_unloaded_and_preload(tiny_models: dict[str, Path
 
 
 def test_compile_without_an_adapter_of_the_family_refuses_adapters(
-    tiny_models: dict[str, Path], lora_dir: Path
+    tiny_models: dict[str, Path], sdxl_loras: Path
 ) -> None:
     """--compile sizes its hot-swap slots from the folder's adapters; with only SDXL ones, a FLUX server starts
     and answers requests naming adapters with a 400 that says why (compiling happens on first use: not here)."""
-    config = defaults(model_type="flux", model_id=str(tiny_models["flux"]), lora_dir=str(lora_dir), compile="regional")
+    config = defaults(
+        model_type="flux", model_id=str(tiny_models["flux"]), lora_dir=str(sdxl_loras), compile="regional"
+    )
     runner = flux.load(config)
     with pytest.raises(RequestError, match="no FLUX adapter was in --lora_dir at start-up"):
         runner.check(request(guidance_scale=3.5, loras=[{"name": "sdxl-style"}]), DEFAULT_LIMITS)
     assert runner.check(request(guidance_scale=3.5), DEFAULT_LIMITS).loras is None
 
 
-def test_hot_swap_slots_give_what_named_adapters_give(lora_dir: Path) -> None:
+def test_hot_swap_slots_give_what_named_adapters_give(sdxl_loras: Path) -> None:
     """--compile's slots (prepared here without compiling) apply every adapter of a request with its scale:
     the same images as eager named adapters, up to float rounding (slots are padded to --max_lora_rank)."""
     import numpy as np
@@ -115,8 +118,8 @@ def test_hot_swap_slots_give_what_named_adapters_give(lora_dir: Path) -> None:
     eager_pipeline, slot_pipeline = tiny.BUILDERS["sdxl"](), tiny.BUILDERS["sdxl"]()
     for pipeline in (eager_pipeline, slot_pipeline):
         pipeline.set_progress_bar_config(disable=True)
-    eager = lora.open_adapters(eager_pipeline, "sdxl", defaults(lora_dir=str(lora_dir)))
-    slots = lora.open_adapters(slot_pipeline, "sdxl", defaults(lora_dir=str(lora_dir), compile="regional"))
+    eager = lora.open_adapters(eager_pipeline, "sdxl", defaults(lora_dir=str(sdxl_loras)))
+    slots = lora.open_adapters(slot_pipeline, "sdxl", defaults(lora_dir=str(sdxl_loras), compile="regional"))
     assert slots.slots is not None and eager.slots is None
     plain = images(eager_pipeline, eager, [])
     assert np.array_equal(images(slot_pipeline, slots, []), plain)
@@ -137,8 +140,17 @@ def test_hot_swap_slots_give_what_named_adapters_give(lora_dir: Path) -> None:
         ({"preload_loras": "a,b,c", "max_loaded_loras": 2}, "3 adapters, more than --max_loaded_loras 2"),
     ],
 )
-def test_startup_errors_name_the_flag(lora_dir: Path, options: dict, words: str) -> None:
+def test_startup_errors_name_the_flag(sdxl_loras: Path, options: dict, words: str) -> None:
     """Checked before the pipeline is touched (the operator's mistakes, found at start-up)."""
-    config = defaults(**{"lora_dir": str(lora_dir), **options})
+    config = defaults(**{"lora_dir": str(sdxl_loras), **options})
     with pytest.raises(ConfigError, match=re.escape(words)):
         lora.open_adapters(None, "sdxl", config)  # type: ignore[arg-type]
+
+
+def test_a_preloaded_adapter_that_cannot_load_stops_the_start(tiny_models: dict[str, Path], lora_dir: Path) -> None:
+    """`lora_dir`: the session's adapters, with one for another SDXL architecture."""
+    config = defaults(
+        model_id=str(tiny_models["sdxl"]), lora_dir=str(lora_dir), preload_loras="sdxl-style,other-architecture"
+    )
+    with pytest.raises(ConfigError, match="--preload_loras: adapter 'other-architecture' cannot be loaded into"):
+        sdxl.load(config)

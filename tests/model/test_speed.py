@@ -151,4 +151,6 @@ def test_bench_quick_run_writes_its_results(tmp_path: Path) -> None:
     assert [row["store"] for row in sections["g."]] == [row["store"] for row in sections["h."]]
     assert all(row["overhead ratio (goal <= 1.05)"] > 0 for row in sections["g."])
     assert all(row["progress events"] >= 3 and row["p95 (ms, goal <= 100)"] >= 0 for row in sections["h."])
+    assert [row["requests with an adapter"][:5] for row in sections["i."]] == ["first", "switc", "the s"]
+    assert all(row["ratio (median of pairs)"] > 0 for row in sections["i."])
     assert (tmp_path / "cpu.png").read_bytes().startswith(b"\x89PNG")
