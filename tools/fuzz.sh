@@ -11,9 +11,14 @@ model=.cache/tiny/sdxl
 video=.cache/tiny/wan
 [ -f "$model/model_index.json" ] || "$PY" -m kserve_diffusion.testing.tiny --family sdxl --out "$model"
 [ -f "$video/model_index.json" ] || "$PY" -m kserve_diffusion.testing.tiny --family wan --out "$video"
+loras=.cache/tiny/loras
+[ -f "$loras/wan-kohya.safetensors" ] || {
+  "$PY" -m kserve_diffusion.testing.tiny --family sdxl --out "$model" --loras "$loras"
+  "$PY" -m kserve_diffusion.testing.tiny --family wan --out "$video" --loras "$loras"
+}
 mkdir -p benchmarks/results/fuzz
 log=benchmarks/results/fuzz/server.log
-"$PY" -m kserve_diffusion --model_name sdxl --model_id "$model" --video_model_id "$video" --device cpu \
+"$PY" -m kserve_diffusion --model_name sdxl --model_id "$model" --video_model_id "$video" --lora_dir "$loras" --device cpu \
   --http_port "$PORT" --grpc_port $((PORT + 1)) \
   --max_steps 2 --max_side 128 --max_pixels 16384 --max_num_images 1 --max_instances 2 \
   --max_frames 5 --max_video_pixels 20480 --request_timeout 20 --max_body_bytes 2000000 --max_jobs 50 >"$log" 2>&1 &

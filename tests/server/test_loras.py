@@ -108,6 +108,8 @@ def test_wan_video_with_one_and_two_adapters(http) -> None:
         ([{"name": "sdxl-style", "weight": 1}], 'unknown key "weight"'),
         ([{"name": "sdxl-style"}, {"name": "sdxl-style"}], "'sdxl-style' twice"),
         ("not json", "must be a JSON list"),
+        ('[{"name": "sdxl-style", "scale": NaN}]', "[0].scale must be a number between -4 and 4, got NaN"),
+        ("[" * 100_000, "must be a JSON list"),
         ({"name": "sdxl-style"}, "must be a list"),
     ],
 )
