@@ -235,6 +235,29 @@ def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def compile_loras(lora_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SDXL adapters alone, copied (links leading out of --lora_dir are refused): the compiled server's."""
+    folder = tmp_path_factory.mktemp("compile-loras")
+    for name in ("sdxl-style.safetensors", "sdxl-kohya.safetensors"):
+        shutil.copy(lora_dir / name, folder / name)
+    shutil.copytree(lora_dir / "sdxl-detail", folder / "sdxl-detail")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def compiled_server(
+    tiny_models: dict[str, Path], compile_loras: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """The tiny SDXL with regional compilation (so a warm-up before ready), encoding on the accelerator thread,
+    and LoRA hot-swap slots of rank 8 sized from `compile_loras`."""
+    args = ["--model_id", str(tiny_models["sdxl"]), "--compile", "regional", "--encode_threads", "0"]
+    args += ["--lora_dir", str(compile_loras), "--max_lora_rank", "8"]
+    server = ServerProcess(args, tmp_path_factory.mktemp("logs") / "compiled.log").wait_ready(timeout=600)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def video_server(
     tiny_models: dict[str, Path], lora_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -96,15 +95,6 @@ def test_wan_takes_fuse_qkv(tiny_models: dict[str, Path]) -> None:
     assert any(getattr(module, "fused_projections", False) for module in transformer.modules())
     frames = _generate(runner, task_type="text2video", num_frames=5, video_height=64, video_width=64)
     assert frames.shape == (64, 64, 3)
-
-
-@pytest.fixture(scope="module")
-def compiled_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The tiny SDXL with regional compilation (so a warm-up before ready) and encoding on the accelerator thread."""
-    args = ["--model_id", str(tiny_models["sdxl"]), "--compile", "regional", "--encode_threads", "0"]
-    server = ServerProcess(args, tmp_path_factory.mktemp("logs") / "compiled.log").wait_ready(timeout=600)
-    yield server
-    server.stop()
 
 
 def test_compiled_server_warms_up_before_ready(compiled_server: ServerProcess, tiny_models: dict[str, Path]) -> None:

@@ -19,7 +19,7 @@ from kserve_diffusion.testing import tiny
 from kserve_diffusion.testing.adapters import save_diffusers
 from PIL import Image
 
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ServerProcess
 from tests.helpers import decode_data_url, grpc_infer, only_image, predict, small
 from tests.image_host import png as png_file
 
@@ -207,46 +207,37 @@ def test_flux_with_one_and_two_adapters(flux_server: ServerProcess) -> None:
         assert wrong.status_code == 400 and "made for Wan, this model is FLUX" in wrong.text
 
 
-def test_compile_switches_adapters_without_recompiling(tiny_models, lora_dir, tmp_path) -> None:
+def test_compile_switches_adapters_without_recompiling(compiled_server, compile_loras, lora_dir) -> None:
     """--compile regional: after the first request of this size (which compiles for it), switching adapters,
     scales and no adapter at all adds no compiled graph, and no adapter still gives the same bytes."""
-    sdxl_only = tmp_path / "loras"  # copies: links leading out of --lora_dir are refused
-    sdxl_only.mkdir()
-    for name in ("sdxl-style.safetensors", "sdxl-kohya.safetensors"):
-        shutil.copy(lora_dir / name, sdxl_only / name)
-    shutil.copytree(lora_dir / "sdxl-detail", sdxl_only / "sdxl-detail")
-    args = ["--model_id", str(tiny_models["sdxl"]), "--lora_dir", str(sdxl_only), "--compile", "regional"]
-    server = start_server([*args, "--max_lora_rank", "8"], tmp_path / "compile.log")
-    try:
-        with httpx.Client(base_url=server.url, timeout=300) as http:
-            plain = png(http)
-            graphs = metric(http, "compiled_graphs")
-            assert graphs >= 1
-            images = [
-                png(http, loras=loras(("sdxl-style", 1.0))),
-                png(http, loras=loras(("sdxl-detail", 1.0), ("sdxl-kohya", 0.5))),
-                png(http),
-                png(http, loras=loras(("sdxl-kohya", 1.0))),
-                png(http, loras=loras(("sdxl-style", 0.3), ("sdxl-detail", 1.0), ("sdxl-kohya", 1.0))),
-                png(http, loras=loras(("sdxl-style", 1.0))),
-                png(http, loras=loras(("sdxl-style", 0.0))),
-            ]
-            assert images[2] == plain and images[6] == plain and images[5] == images[0]
-            assert len({images[0], images[1], images[3], images[4], plain}) == 5
-            # added after start-up: one training layers without slots, one of another architecture
-            base = tiny.BUILDERS["sdxl"]()
-            name, linear = next((n, m) for n, m in base.unet.named_modules() if n.endswith("proj_in"))
-            late = {f"{name}.lora_A.weight": torch.ones(2, linear.in_features) * 0.01}
-            late[f"{name}.lora_B.weight"] = torch.ones(linear.out_features, 2) * 0.01
-            save_diffusers(base, {"unet": late}, sdxl_only / "sdxl-late")
-            shutil.copytree(lora_dir / "other-architecture", sdxl_only / "other-architecture")
-            for added, words in (("sdxl-late", "no slot for"), ("other-architecture", "cannot be loaded")):
-                answer = predict(http, small(seed=7, loras=loras((added, 1.0))))
-                assert answer.status_code == 400 and words in answer.text, answer.text
-            assert png(http) == plain and png(http, loras=loras(("sdxl-style", 1.0))) == images[0]
-            assert metric(http, "compiled_graphs") == graphs, "switching adapters recompiled"
-    finally:
-        server.stop()
+    server, sdxl_only = compiled_server, compile_loras
+    with httpx.Client(base_url=server.url, timeout=300) as http:
+        plain = png(http)
+        graphs = metric(http, "compiled_graphs")
+        assert graphs >= 1
+        images = [
+            png(http, loras=loras(("sdxl-style", 1.0))),
+            png(http, loras=loras(("sdxl-detail", 1.0), ("sdxl-kohya", 0.5))),
+            png(http),
+            png(http, loras=loras(("sdxl-kohya", 1.0))),
+            png(http, loras=loras(("sdxl-style", 0.3), ("sdxl-detail", 1.0), ("sdxl-kohya", 1.0))),
+            png(http, loras=loras(("sdxl-style", 1.0))),
+            png(http, loras=loras(("sdxl-style", 0.0))),
+        ]
+        assert images[2] == plain and images[6] == plain and images[5] == images[0]
+        assert len({images[0], images[1], images[3], images[4], plain}) == 5
+        # added after start-up: one training layers without slots, one of another architecture
+        base = tiny.BUILDERS["sdxl"]()
+        name, linear = next((n, m) for n, m in base.unet.named_modules() if n.endswith("proj_in"))
+        late = {f"{name}.lora_A.weight": torch.ones(2, linear.in_features) * 0.01}
+        late[f"{name}.lora_B.weight"] = torch.ones(linear.out_features, 2) * 0.01
+        save_diffusers(base, {"unet": late}, sdxl_only / "sdxl-late")
+        shutil.copytree(lora_dir / "other-architecture", sdxl_only / "other-architecture")
+        for added, words in (("sdxl-late", "no slot for"), ("other-architecture", "cannot be loaded")):
+            answer = predict(http, small(seed=7, loras=loras((added, 1.0))))
+            assert answer.status_code == 400 and words in answer.text, answer.text
+        assert png(http) == plain and png(http, loras=loras(("sdxl-style", 1.0))) == images[0]
+        assert metric(http, "compiled_graphs") == graphs, "switching adapters recompiled"
     assert "4 LoRA slots of rank 8" in server.log()
 
 
