@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 from kserve_diffusion.testing import tiny
-from kserve_diffusion.testing.adapters import lora_layers, save_diffusers
+from kserve_diffusion.testing.adapters import lora_layers, save_diffusers_file
 
 from benchmarks.jobs import _predict as _timed  # one :predict, sent to parsed
 from benchmarks.serving import Plan, Server, _instance
@@ -39,9 +39,8 @@ def measure(plan: Plan) -> list[dict[str, Any]]:
         base = tiny.BUILDERS["sdxl"]()
         loras = Path(folder) / "loras"
         for seed, name in enumerate(ADAPTERS):
-            saved = save_diffusers(base, lora_layers(base, "sdxl", rank=4, seed=seed), loras / f"{name}.tmp")
-            saved.rename(loras / f"{name}.safetensors")
-            saved.parent.rmdir()
+            layers = lora_layers(base, "sdxl", rank=4, seed=seed)
+            save_diffusers_file(base, layers, loras / f"{name}.safetensors")
         server = Server(model, "--lora_dir", str(loras), "--max_loaded_loras", "8")
         try:
             with httpx.Client(base_url=server.url, timeout=600) as client:

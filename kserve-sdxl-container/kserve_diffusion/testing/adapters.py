@@ -87,6 +87,14 @@ def save_diffusers(pipeline: DiffusionPipeline, layers: dict[str, dict], folder:
     return folder / WEIGHT_NAME
 
 
+def save_diffusers_file(pipeline: DiffusionPipeline, layers: dict[str, dict], path: Path) -> Path:
+    """PATH (.safetensors), the file save_lora_weights writes, as a lone adapter file rather than in a folder."""
+    written = save_diffusers(pipeline, layers, path.with_suffix(".tmp"))
+    written.rename(path)
+    written.parent.rmdir()
+    return path
+
+
 def _sdxl_kohya(component: str, module: str) -> str:
     prefix = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}[component]
     return f"{prefix}_{module.replace('.', '_')}"
@@ -153,9 +161,8 @@ def write_adapters(pipeline: DiffusionPipeline, family: str, folder: Path) -> li
     `<family>-detail/` (a folder holding a diffusers file, rank 8) and `<family>-kohya.safetensors`
     (kohya layout, rank 4, alpha 2)."""
     folder.mkdir(parents=True, exist_ok=True)
-    style = save_diffusers(pipeline, lora_layers(pipeline, family, rank=4, seed=1), folder / f"{family}-style.tmp")
-    style_file = style.rename(folder / f"{family}-style.safetensors")
-    style.parent.rmdir()
+    style = lora_layers(pipeline, family, rank=4, seed=1)
+    style_file = save_diffusers_file(pipeline, style, folder / f"{family}-style.safetensors")
     detail = save_diffusers(pipeline, lora_layers(pipeline, family, rank=8, seed=2), folder / f"{family}-detail")
     kohya = save_kohya(family, lora_layers(pipeline, family, rank=4, seed=3), folder / f"{family}-kohya.safetensors", 2)
     return [style_file, detail.parent, kohya]
