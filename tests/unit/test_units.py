@@ -159,7 +159,7 @@ class FailingOnceRunner:
 
     tasks = ("text2img",)
     default_task = "text2img"
-    size_multiple = 8
+    size_multiples = {"text2img": 8}
     schedulers = SDXL_SCHEDULERS
 
     def __init__(self) -> None:

@@ -18,13 +18,15 @@ from ..errors import RequestError, RequestErrors
 from .loras import LoraChoice, read_loras
 from .messages import describe_error, shown
 
-TASK_TYPES = ("text2img", "img2img", "inpaint", "text2video")
+TASK_TYPES = ("text2img", "img2img", "inpaint", "text2video", "img2video")
+VIDEO_TASKS = ("text2video", "img2video")  # the tasks answered with a video
 # The input images each task reads; each can arrive inline (`image`) or by URL (`image_url`).
 TASK_INPUTS: dict[str, tuple[str, ...]] = {
     "text2img": (),
     "img2img": ("image",),
     "inpaint": ("image", "mask"),
     "text2video": (),
+    "img2video": ("image",),
 }
 INPUT_FIELDS = {"image": ("image", "image_url"), "mask": ("mask", "mask_url")}
 # The files each kind of task can be answered with; the first is the default.
@@ -33,11 +35,22 @@ TASK_OUTPUT_FORMATS: dict[str, tuple[str, ...]] = {
     "img2img": ("png", "jpeg", "webp"),
     "inpaint": ("png", "jpeg", "webp"),
     "text2video": ("mp4", "gif", "webp"),
+    "img2video": ("mp4", "gif", "webp"),
 }
 QUALITY_FORMATS = ("jpeg", "webp")  # the lossy formats `quality` applies to
 # Fields only video uses, and image fields with a video counterpart: given for the other kind of task
 # they would be silently ignored, so they are a 400 that points to the right field.
-VIDEO_FIELDS = ("video_height", "video_width", "num_frames", "video_guidance_scale", "fps")
+VIDEO_FIELDS = (
+    "video_height",
+    "video_width",
+    "num_frames",
+    "video_guidance_scale",
+    "video_guidance_scale_2",
+    "fps",
+    "video_resolution",
+)
+# Video areas by name: img2video keeps the input picture's aspect ratio at about this many pixels.
+VIDEO_AREAS = {"480p": 832 * 480, "720p": 1280 * 720}
 VIDEO_COUNTERPARTS = {"height": "video_height", "width": "video_width", "guidance_scale": "video_guidance_scale"}
 DEFAULT_STRENGTH = 0.3  # seed 000's default: a light refinement
 TASK_DEFAULT_STRENGTH = {"inpaint": 1.0}  # inpainting repaints the masked area from scratch
@@ -98,7 +111,7 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
 
-    task_type: Literal["text2img", "img2img", "inpaint", "text2video"] | None = Field(
+    task_type: Literal["text2img", "img2img", "inpaint", "text2video", "img2video"] | None = Field(
         None, description="what to generate; inferred when absent"
     )
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what to draw")]
@@ -147,11 +160,23 @@ class GenerationRequest(BaseModel):
         description="how much the input (or base) image is changed: 0.3 by default, 1.0 for inpaint",
     )
     num_images: int = Field(1, ge=1, description="images generated in one batched call")
-    video_height: int = Field(480, description="video height in pixels, a multiple of 16 (480p or 720p)")
-    video_width: int = Field(704, description="video width in pixels, a multiple of 16")
-    num_frames: int = Field(25, ge=1, description="video frames; Wan needs 4k+1")
-    video_guidance_scale: float = Field(6.0, ge=1, le=20, description="classifier-free guidance for video")
-    fps: int = Field(8, ge=6, le=30, description="frames per second of the video file")
+    video_height: int = Field(
+        480, description="video height in pixels, a multiple of 16 (32 for Wan2.2 TI2V-5B); the variant's default"
+    )
+    video_width: int = Field(704, description="video width in pixels, a multiple of 16 (32 for TI2V-5B)")
+    num_frames: int = Field(25, ge=1, description="video frames; Wan needs 4k+1; the variant's default")
+    video_guidance_scale: float = Field(
+        6.0, ge=1, le=20, description="classifier-free guidance for video (Wan2.2 A14B: the high-noise expert's)"
+    )
+    video_guidance_scale_2: float | None = Field(
+        None, ge=1, le=20, description="Wan2.2 A14B: guidance of the low-noise expert; the variant's default"
+    )
+    fps: int = Field(8, ge=6, le=30, description="frames per second of the video file; the variant's default")
+    video_resolution: Literal["480p", "720p"] | None = Field(
+        None,
+        description="img2video without video_width/video_height: the output's area (480p: 832x480 pixels, "
+        "720p: 1280x720) at the input picture's aspect ratio; the variant's default",
+    )
     output_format: Literal["png", "jpeg", "webp", "mp4", "gif"] | None = Field(
         None,
         description="file format of the answer: png (default), jpeg or webp for images; mp4 (default), gif or "

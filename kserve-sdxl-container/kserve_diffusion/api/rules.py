@@ -15,8 +15,10 @@ from .request import (
     TASK_DEFAULT_STRENGTH,
     TASK_INPUTS,
     TASK_OUTPUT_FORMATS,
+    VIDEO_AREAS,
     VIDEO_COUNTERPARTS,
     VIDEO_FIELDS,
+    VIDEO_TASKS,
     GenerationRequest,
     Limits,
     fill,
@@ -35,30 +37,52 @@ def given_input(request: GenerationRequest, name: str) -> str | None:
 
 def _check_kind_fields(request: GenerationRequest, task: str) -> None:
     given = request.model_fields_set
-    if task == "text2video":
+    if task in VIDEO_TASKS:
         for name, video_name in VIDEO_COUNTERPARTS.items():
             if name in given:
-                raise RequestError(
-                    name, f"does not apply to text2video (use {video_name}), got {getattr(request, name)}"
-                )
+                raise RequestError(name, f"does not apply to {task} (use {video_name}), got {getattr(request, name)}")
+        if task == "text2video" and "video_resolution" in given:
+            raise RequestError(
+                "video_resolution",
+                f"applies to img2video only (text2video takes video_width and video_height), "
+                f"got {request.video_resolution!r}",
+            )
         return
     for name in VIDEO_FIELDS:
         if name in given:
             raise RequestError(
-                name, f'applies to text2video only (send "task_type": "text2video"), got {getattr(request, name)}'
+                name,
+                f'applies to text2video and img2video only (send "task_type": "text2video" or "img2video"), '
+                f"got {shown(getattr(request, name))}",
             )
+
+
+def _inferred_task(request: GenerationRequest, default_task: str, served: tuple[str, ...]) -> str:
+    """The task of a request that names none: image + mask -> inpaint; image -> img2img, or img2video on a
+    server without img2img or when video fields are given; else the server's default."""
+    image, mask = given_input(request, "image"), given_input(request, "mask")
+    if mask and not image:
+        raise RequestError(mask, "given without an image: inpainting needs image or image_url as well")
+    if mask:
+        return "inpaint"
+    if not image:
+        return default_task
+    wants_video = bool(request.model_fields_set & set(VIDEO_FIELDS))
+    if "img2video" in served and ("img2img" not in served or wants_video):
+        return "img2video"
+    return "img2img"
 
 
 def resolve_task(request: GenerationRequest, default_task: str, served: tuple[str, ...]) -> GenerationRequest:
     """The request with its task (explicit, else inferred from its inputs) and task defaults filled in;
     a task outside `served` (what this server's models can do) is a 400."""
-    image, mask = given_input(request, "image"), given_input(request, "mask")
-    task = request.task_type
-    if task is None:
-        if mask and not image:
-            raise RequestError(mask, "given without an image: inpainting needs image or image_url as well")
-        task = "inpaint" if mask else "img2img" if image else default_task
+    task = request.task_type or _inferred_task(request, default_task, served)
     if task not in served:
+        if request.task_type is None:  # inferred from an input image the server's models cannot read
+            field = given_input(request, "mask") or given_input(request, "image") or "task_type"
+            raise RequestError(
+                field, f"asks for {task}, which this server does not serve (it serves {', '.join(served)})"
+            )
         raise RequestError("task_type", f"this server serves {', '.join(served)}, got {task!r}")
     for name in TASK_INPUTS[task]:
         if given_input(request, name) is None:
@@ -151,4 +175,45 @@ def output_size(source: tuple[int, int], request: GenerationRequest, limits: Lim
             f"is {source_width}x{source_height}, too small for an output of at least {MIN_SIDE}x{MIN_SIDE} pixels: "
             f"give width and height to scale it up",
         )
+    return width, height
+
+
+def check_video_volume(request: GenerationRequest, limits: Limits) -> None:
+    """Raise RequestError when num_frames x video_width x video_height is over --max_video_pixels."""
+    volume = request.num_frames * request.video_width * request.video_height
+    if volume > limits.max_video_pixels:
+        raise RequestError(
+            "num_frames",
+            f"num_frames x video_width x video_height must be at most {limits.max_video_pixels}, got "
+            f"{request.num_frames} x {request.video_width} x {request.video_height} = {volume}",
+        )
+
+
+def video_output_size(
+    source: tuple[int, int], request: GenerationRequest, limits: Limits, multiple: int
+) -> tuple[int, int]:
+    """(video_width, video_height) of img2video from a picture of size `source`: explicit sides win, a
+    missing one keeps the aspect ratio; with none, the picture's aspect ratio at the `video_resolution` area
+    (as Wan's authors size it), rounded down to `multiple`."""
+    source_width, source_height = source
+    explicit = request.model_fields_set & {"video_width", "video_height"}
+    how = f"follows the input image's {source_width}x{source_height} aspect ratio, so "
+    if explicit == {"video_width", "video_height"}:
+        return request.video_width, request.video_height
+    if explicit == {"video_width"}:
+        width, height = request.video_width, _scaled(request.video_width, source_height / source_width, multiple)
+        check_side("video_height", height, limits, multiple, how)
+        return width, height
+    if explicit == {"video_height"}:
+        width, height = _scaled(request.video_height, source_width / source_height, multiple), request.video_height
+        check_side("video_width", width, limits, multiple, how)
+        return width, height
+    assert request.video_resolution is not None, "the runner fills in the variant's video_resolution"
+    area = VIDEO_AREAS[request.video_resolution]
+    aspect = source_height / source_width
+    height = max(multiple, round(math.sqrt(area * aspect)) // multiple * multiple)
+    width = max(multiple, round(math.sqrt(area / aspect)) // multiple * multiple)
+    how = f"follows the input image's {source_width}x{source_height} aspect ratio at {request.video_resolution}, so "
+    check_side("video_width", width, limits, multiple, how)
+    check_side("video_height", height, limits, multiple, how)
     return width, height

@@ -13,7 +13,7 @@ from .combined import CombinedRunner
 FAMILIES: dict[str, Family] = {
     "sdxl": Family("sdxl", "Stable Diffusion XL (base, optional refiner)", load=sdxl.load),
     "flux": Family("flux", "FLUX.1 (dev or schnell)", load=flux.load),
-    "wan": Family("wan", "Wan2.1 text-to-video", load=wan.load),
+    "wan": Family("wan", "Wan2.1/2.2 text- and image-to-video", load=wan.load),
 }
 
 
@@ -36,7 +36,7 @@ def serving_family(config: ServerConfig) -> Family:
         video = wan.load(config, config.video_model_id, "--video_model_id")
         return CombinedRunner(image_load(config), video)
 
-    return replace(family, title=f"{family.title} + Wan2.1 text-to-video", load=load_both)
+    return replace(family, title=f"{family.title} + Wan video", load=load_both)
 
 
 __all__ = ["FAMILIES", "CombinedRunner", "Family", "Runner", "StepObserver", "get_family", "serving_family"]

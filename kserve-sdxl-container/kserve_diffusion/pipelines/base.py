@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
 from diffusers import DiffusionPipeline
 from PIL.Image import Image
 
@@ -15,6 +16,10 @@ from ..api.request import GenerationRequest, Limits
 from ..config import ServerConfig
 from ..media import Video
 from .lora import Activation
+
+
+class DecodeOutOfMemory(torch.OutOfMemoryError):
+    """Out of memory in the VAE decode, after every denoising step (long or 720p videos): --vae_tiling helps."""
 
 
 class StepObserver(Protocol):
@@ -42,7 +47,7 @@ class Runner(Protocol):
 
     tasks: tuple[str, ...]
     default_task: str  # the task of a request that names none and gives no input image
-    size_multiple: int  # output width and height must be multiples of this
+    size_multiples: Mapping[str, int]  # per task: output width and height must be multiples of this
 
     def check(self, request: GenerationRequest, limits: Limits) -> GenerationRequest:
         """Apply family rules; return the request with its task resolved, or raise RequestError."""

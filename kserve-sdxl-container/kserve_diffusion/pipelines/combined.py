@@ -1,4 +1,5 @@
-"""One endpoint for two families: an image model and a Wan video model, routed by task_type."""
+"""One endpoint for two families: an image model and a Wan video model, routed by task_type (img2img and
+img2video both read an input image: `resolve_task` infers which)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ class CombinedRunner:
         self.by_task: dict[str, Runner] = {task: runner for runner in (image, video) for task in runner.tasks}
         self.tasks = tuple(self.by_task)
         self.default_task = image.default_task
-        self.size_multiple = image.size_multiple  # input images are for the image model
+        self.size_multiples = {task: self.by_task[task].size_multiples[task] for task in self.tasks}
 
     def check(self, request: GenerationRequest, limits: Limits) -> GenerationRequest:
         """Resolve the task, then apply the rules of the family that serves it."""

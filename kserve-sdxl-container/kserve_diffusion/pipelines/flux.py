@@ -78,7 +78,7 @@ class FluxRunner:
     family = "flux"
     tasks = ("text2img", "img2img", "inpaint")
     default_task = "text2img"
-    size_multiple = SIZE_MULTIPLE
+    size_multiples = dict.fromkeys(tasks, SIZE_MULTIPLE)
     schedulers: Mapping[str, SchedulerFactory] = FLUX_SCHEDULERS
 
     def __init__(

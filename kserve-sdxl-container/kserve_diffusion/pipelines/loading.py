@@ -31,6 +31,20 @@ def load_pretrained(cls: type[DiffusionPipeline], model_id: str, flag: str, **kw
         raise ConfigError(f"{flag}: could not load {model_id}: {exc}") from exc
 
 
+def pipeline_class_name(model_id: str, flag: str, token: str | None = None) -> str:
+    """The pipeline class a diffusers folder or hub id names in its model_index.json."""
+    if _looks_like_path(model_id):
+        index = Path(model_id).expanduser() / "model_index.json"
+        if not index.is_file():
+            raise ConfigError(f"{flag}: {index.parent} is not a diffusers model folder (no model_index.json)")
+        model_id = str(index.parent)
+    try:
+        config = DiffusionPipeline.load_config(model_id, token=token)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{flag}: could not read the model_index.json of {model_id}: {exc}") from exc
+    return str(config.get("_class_name", ""))
+
+
 def load_single_file(
     cls: type[DiffusionPipeline],
     checkpoint: str,

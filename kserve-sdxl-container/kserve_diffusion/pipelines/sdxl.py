@@ -36,7 +36,7 @@ class SDXLRunner:
     family = "sdxl"
     tasks = ("text2img", "img2img", "inpaint")
     default_task = "text2img"
-    size_multiple = SIZE_MULTIPLE
+    size_multiples = dict.fromkeys(tasks, SIZE_MULTIPLE)
     schedulers: Mapping[str, SchedulerFactory] = SDXL_SCHEDULERS
 
     def __init__(

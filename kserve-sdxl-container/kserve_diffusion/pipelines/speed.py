@@ -23,7 +23,7 @@ def _denoisers(pipelines: Iterable[DiffusionPipeline]) -> list[torch.nn.Module]:
     """The distinct UNets / transformers of `pipelines`, in order."""
     found: dict[int, torch.nn.Module] = {}
     for pipeline in pipelines:
-        for name in ("unet", "transformer"):
+        for name in ("unet", "transformer", "transformer_2"):  # Wan2.2 A14B has two experts
             module = getattr(pipeline, name, None)
             if module is not None:
                 found.setdefault(id(module), module)

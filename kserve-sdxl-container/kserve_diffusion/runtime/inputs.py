@@ -1,4 +1,4 @@
-"""Input images for img2img and inpainting: request fields -> fetched/decoded, sized PIL images.
+"""Input images for img2img, inpainting and img2video: request fields -> fetched/decoded, sized PIL images.
 
 Downloads run on the event loop (they only wait on the network); decoding and resizing run in the
 default executor, so neither the event loop nor the accelerator thread does this work.
@@ -7,14 +7,15 @@ default executor, so neither the event loop nor the accelerator thread does this
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from PIL.Image import Image, Resampling
 
 from .. import media
 from ..api.inputs import NO_INPUTS, InputImages
-from ..api.request import TASK_INPUTS, GenerationRequest, Limits, fill
-from ..api.rules import given_input, output_size
+from ..api.request import TASK_INPUTS, VIDEO_TASKS, GenerationRequest, Limits, fill
+from ..api.rules import check_video_volume, given_input, output_size, video_output_size
 from ..config import ServerConfig
 from ..errors import RequestError
 from ..media.fetch import FetchError, FetchPolicy, fetch
@@ -43,10 +44,11 @@ class InputPolicy:
 class InputLoader:
     """Obtains a request's input images under an InputPolicy."""
 
-    def __init__(self, policy: InputPolicy, limits: Limits, size_multiple: int):
+    def __init__(self, policy: InputPolicy, limits: Limits, size_multiples: Mapping[str, int]):
+        """`size_multiples`: per task, what the output width and height must be multiples of."""
         self.policy = policy
         self.limits = limits
-        self.size_multiple = size_multiple
+        self.size_multiples = size_multiples
 
     def _file_bytes(self, field_name: str, value: str | bytes) -> bytes:
         """The image file in an inline value or a data URL (CPU work: runs in the executor)."""
@@ -77,14 +79,25 @@ class InputLoader:
             data = value if downloaded else self._file_bytes(field_name, value)
             decoded[name] = self._decode(field_name, data, _MODES[name])
         image = decoded["image"]
-        width, height = output_size(image.size, request, self.limits, self.size_multiple)
+        task = request.task_type or ""
+        sizing = video_output_size if task in VIDEO_TASKS else output_size
+        width, height = sizing(image.size, request, self.limits, self.size_multiples[task])
         sized = {
             name: picture
             if picture.size == (width, height)
             else picture.resize((width, height), Resampling.LANCZOS if name == "image" else Resampling.BILINEAR)
             for name, picture in decoded.items()
         }
-        return fill(request, width=width, height=height), InputImages(**sized)
+        if task in VIDEO_TASKS:
+            request = fill(request, video_width=width, video_height=height)
+            check_video_volume(request, self.limits)
+        else:
+            request = fill(request, width=width, height=height)
+        return request, InputImages(**sized)
+
+    def prepare_now(self, request: GenerationRequest, image: bytes) -> tuple[GenerationRequest, InputImages]:
+        """`load` for an image already in memory, on the calling thread (the warm-up's picture)."""
+        return self._prepare(request, {"image": ("image", image)})
 
     async def load(self, request: GenerationRequest) -> tuple[GenerationRequest, InputImages]:
         """The request with its output size settled, and its input images (none for text tasks)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ..api.request import TASK_TYPES
+
 PREFIX = "kserve_diffusion_"
 OUTCOMES = ("ok", "invalid", "rejected", "timeout", "cancelled", "oom", "error")
 # Seconds: from a fraction of a second (small images) to many minutes (video).
@@ -31,7 +33,7 @@ def count(task: str, outcome: str) -> None:
 
 
 # Every task x outcome series exists from the start, at 0, so rates and alerts work before the first event.
-for _task in ("text2img", "img2img", "inpaint", "text2video", "unknown"):
+for _task in (*TASK_TYPES, "unknown"):
     for _outcome in OUTCOMES:
         REQUESTS.labels(task=_task, outcome=_outcome)
 

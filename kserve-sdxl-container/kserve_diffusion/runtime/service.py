@@ -16,9 +16,11 @@ from functools import partial
 from typing import Any
 
 import torch
+from PIL import Image
 
-from ..api.inputs import InputImages
-from ..api.request import TASK_TYPES, GenerationRequest, Limits, fill, parse_request
+from .. import media
+from ..api.inputs import NO_INPUTS, InputImages
+from ..api.request import TASK_INPUTS, TASK_TYPES, VIDEO_TASKS, GenerationRequest, Limits, fill, parse_request
 from ..api.results import GenerationResult, encode_result
 from ..config import ServerConfig
 from ..errors import GenerationFailed, OutOfMemory, RequestError, ServingError, ShuttingDown
@@ -31,14 +33,18 @@ from .worker import AcceleratorOutOfMemory, GenerationWorker
 
 logger = logging.getLogger("kserve.diffusion")
 RANDOM_SEED_RANGE = 2**32
+# The warm-up's input picture (img2video-only models): 16:9 grey, so the output has the default video shape.
+WARM_UP_PICTURE = media.encode_image(Image.new("RGB", (832, 480), (128, 128, 128)))
 
 
-def _memory_advice(request: GenerationRequest) -> str:
-    """What to make smaller after an out-of-memory error, for this kind of request."""
-    if request.task_type == "text2video":
+def _memory_advice(request: GenerationRequest, in_decode: bool, vae_tiling: bool) -> str:
+    """What to make smaller after an out-of-memory error, for this kind of request (and where it happened)."""
+    if request.task_type in VIDEO_TASKS:
+        where = f" in the VAE decode, after all {request.num_inference_steps} steps" if in_decode else ""
+        tiling = "; the operator can start the server with --vae_tiling" if in_decode and not vae_tiling else ""
         return (
-            f"{request.num_frames} frames of {request.video_width}x{request.video_height}: "
-            "send fewer num_frames or a smaller video_width/video_height"
+            f"{request.num_frames} frames of {request.video_width}x{request.video_height}{where}: "
+            f"send fewer num_frames or a smaller video_width/video_height{tiling}"
         )
     return (
         f"{request.num_images} image(s) of {request.width}x{request.height}: "
@@ -82,7 +88,7 @@ class GenerationService:
         if self.runner is None:
             started = time.perf_counter()
             self.runner = self.family.load(self.config)
-            self.inputs = InputLoader(InputPolicy.from_config(self.config), self.limits, self.runner.size_multiple)
+            self.inputs = InputLoader(InputPolicy.from_config(self.config), self.limits, self.runner.size_multiples)
             if self.config.warmup:
                 self._warm_up()
             logger.info(
@@ -101,12 +107,16 @@ class GenerationService:
         compiles (--compile), sets up CUDA kernels and caches, so no user request pays for that."""
         assert self.runner is not None
         runner = self.runner
-        tasks = dict.fromkeys(task for task in (runner.default_task, "text2video") if task in runner.tasks)
+        assert self.inputs is not None
+        tasks = dict.fromkeys(task for task in (runner.default_task, *VIDEO_TASKS) if task in runner.tasks)
         for task in tasks:
             request = runner.check(parse_request({"prompt": "warm-up", "task_type": task}, self.limits), self.limits)
             request = fill(request, num_inference_steps=min(2, request.num_inference_steps or 2))
+            inputs = NO_INPUTS
+            if TASK_INPUTS[task]:  # img2video: a grey picture of the default video's shape
+                request, inputs = self.inputs.prepare_now(request, WARM_UP_PICTURE)
             started = time.perf_counter()
-            self.worker.call(partial(runner.generate, request, 0))
+            self.worker.call(partial(runner.generate, request, 0, inputs))
             logger.info("warm-up %s took %.1fs", task, time.perf_counter() - started)
 
     def stop(self) -> None:
@@ -243,7 +253,8 @@ class GenerationService:
             metrics.count(task, OutOfMemory.outcome)
             logger.error("request=%s task=%s out of memory: %s", request_id, task, exc)
             raise OutOfMemory(
-                f"out of memory generating {_memory_advice(request)} (the server has freed the memory and "
+                f"out of memory generating {_memory_advice(request, exc.in_decode, self.config.vae_tiling)} "
+                "(the server has freed the memory and "
                 "keeps serving)"
             ) from None
         except Exception as exc:

@@ -22,6 +22,7 @@ from typing import Generic, TypeVar
 import torch
 
 from ..errors import ClientGone, DeadlineExceeded, ServerBusy
+from ..pipelines.base import DecodeOutOfMemory
 from .control import RequestControl
 
 T = TypeVar("T")
@@ -39,7 +40,12 @@ class Timed(Generic[T]):
 
 
 class AcceleratorOutOfMemory(Exception):
-    """A job ran out of memory; the worker has already freed what it could."""
+    """A job ran out of memory; the worker has already freed what it could. `in_decode`: in the VAE decode,
+    after every denoising step."""
+
+    def __init__(self, message: str, in_decode: bool = False):
+        super().__init__(message)
+        self.in_decode = in_decode
 
 
 def free_memory() -> None:
@@ -117,7 +123,8 @@ class GenerationWorker:
                     value = job(control)
                 except (torch.OutOfMemoryError, MemoryError) as exc:
                     free_memory()
-                    raise AcceleratorOutOfMemory(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+                    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise AcceleratorOutOfMemory(message, isinstance(exc, DecodeOutOfMemory)) from exc
                 run_time = time.perf_counter() - started
                 self._recent.append(run_time)
                 return Timed(value, started - submitted, run_time)

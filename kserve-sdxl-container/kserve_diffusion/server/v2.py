@@ -10,7 +10,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from .. import media
 from ..api.messages import quoted
-from ..api.request import FIELD_KINDS, GenerationRequest
+from ..api.request import FIELD_KINDS, VIDEO_TASKS, GenerationRequest
 from ..api.results import GenerationResult
 from ..errors import RequestError
 
@@ -19,7 +19,7 @@ _V2_DECLARED = {"string": "BYTES", "bytes": "BYTES", "int": "INT64", "float": "F
 
 def check_requested_outputs(request: InferRequest, generation: GenerationRequest) -> None:
     """Raise RequestError (before any work) when a request asks for an output this task does not have."""
-    names = ("video" if generation.task_type == "text2video" else "images", "seed")
+    names = ("video" if generation.task_type in VIDEO_TASKS else "images", "seed")
     for output in request.request_outputs or []:
         if output.name not in names:
             raise RequestError(
@@ -73,8 +73,8 @@ def input_types() -> list[dict[str, Any]]:
 def output_types(tasks: tuple[str, ...]) -> list[dict[str, Any]]:
     """The outputs `GET /v2/models/{name}` lists for a server serving `tasks`."""
     outputs = []
-    if any(task != "text2video" for task in tasks):
+    if any(task not in VIDEO_TASKS for task in tasks):
         outputs.append({"name": "images", "datatype": "BYTES", "shape": [-1]})
-    if "text2video" in tasks:
+    if any(task in VIDEO_TASKS for task in tasks):
         outputs.append({"name": "video", "datatype": "BYTES", "shape": [1]})
     return [*outputs, {"name": "seed", "datatype": "INT64", "shape": [1]}]

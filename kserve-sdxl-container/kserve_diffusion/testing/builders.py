@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderKL,
-    AutoencoderKLWan,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
@@ -22,9 +21,6 @@ from diffusers import (
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
-    UniPCMultistepScheduler,
-    WanPipeline,
-    WanTransformer3DModel,
 )
 from transformers import (
     CLIPTextConfig,
@@ -34,8 +30,6 @@ from transformers import (
     PreTrainedTokenizerFast,
     T5Config,
     T5EncoderModel,
-    UMT5Config,
-    UMT5EncoderModel,
 )
 
 from .tokenizers import build_t5_tokenizer, build_tokenizer
@@ -54,7 +48,7 @@ OPEN_CLIP_LAYERS = 10
 INPAINT_IN_CHANNELS = 9
 
 
-def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+def seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build().eval()
 
@@ -128,15 +122,15 @@ def build_sdxl_base() -> StableDiffusionXLPipeline:
     """The tiny SDXL base pipeline (two CLIP encoders, UNet, VAE)."""
     tokenizer = build_tokenizer()
     return StableDiffusionXLPipeline(
-        vae=_seeded(1, _vae),
-        text_encoder=_seeded(2, lambda: CLIPTextModel(_text_config(tokenizer, CLIP_HIDDEN, 2))),
+        vae=seeded(1, _vae),
+        text_encoder=seeded(2, lambda: CLIPTextModel(_text_config(tokenizer, CLIP_HIDDEN, 2))),
         tokenizer=tokenizer,
-        text_encoder_2=_seeded(
+        text_encoder_2=seeded(
             3, lambda: CLIPTextModelWithProjection(_text_config(tokenizer, OPEN_CLIP_HIDDEN, OPEN_CLIP_LAYERS))
         ),
         tokenizer_2=build_tokenizer(),
         # base conditioning: original size, crop, target size -> six time ids
-        unet=_seeded(4, lambda: _unet(cross_attention_dim=CLIP_HIDDEN + OPEN_CLIP_HIDDEN, time_ids=6)),
+        unet=seeded(4, lambda: _unet(cross_attention_dim=CLIP_HIDDEN + OPEN_CLIP_HIDDEN, time_ids=6)),
         scheduler=_scheduler(),
     )
 
@@ -145,15 +139,15 @@ def build_sdxl_refiner() -> StableDiffusionXLImg2ImgPipeline:
     """The tiny SDXL refiner: `text_encoder_2` and VAE identical to the tiny base's."""
     tokenizer = build_tokenizer()
     return StableDiffusionXLImg2ImgPipeline(
-        vae=_seeded(1, _vae),
+        vae=seeded(1, _vae),
         text_encoder=None,
         tokenizer=None,
-        text_encoder_2=_seeded(
+        text_encoder_2=seeded(
             3, lambda: CLIPTextModelWithProjection(_text_config(tokenizer, OPEN_CLIP_HIDDEN, OPEN_CLIP_LAYERS))
         ),
         tokenizer_2=tokenizer,
         # refiner conditioning adds an aesthetic score: five time ids
-        unet=_seeded(5, lambda: _unet(cross_attention_dim=OPEN_CLIP_HIDDEN, time_ids=5)),
+        unet=seeded(5, lambda: _unet(cross_attention_dim=OPEN_CLIP_HIDDEN, time_ids=5)),
         scheduler=_scheduler(),
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,
@@ -169,7 +163,7 @@ def build_sdxl_inpaint() -> StableDiffusionXLInpaintPipeline:
         tokenizer=base.tokenizer,
         text_encoder_2=base.text_encoder_2,
         tokenizer_2=base.tokenizer_2,
-        unet=_seeded(
+        unet=seeded(
             6,
             lambda: _unet(
                 cross_attention_dim=CLIP_HIDDEN + OPEN_CLIP_HIDDEN, time_ids=6, in_channels=INPAINT_IN_CHANNELS
@@ -179,7 +173,7 @@ def build_sdxl_inpaint() -> StableDiffusionXLInpaintPipeline:
     )
 
 
-def _t5_dimensions(tokenizer: PreTrainedTokenizerFast) -> dict[str, int | None]:
+def t5_dimensions(tokenizer: PreTrainedTokenizerFast) -> dict[str, int | None]:
     """Tiny T5 (FLUX) / UMT5 (Wan) encoder sizes and the tokenizer's special ids."""
     return {
         "vocab_size": len(tokenizer),
@@ -193,43 +187,6 @@ def _t5_dimensions(tokenizer: PreTrainedTokenizerFast) -> dict[str, int | None]:
         "eos_token_id": tokenizer.eos_token_id,
         "decoder_start_token_id": tokenizer.pad_token_id,
     }
-
-
-def build_wan() -> WanPipeline:
-    """The tiny Wan2.1 text-to-video pipeline: UMT5 encoder, 3D transformer, Wan VAE (/8 in space, /4 in time)."""
-    tokenizer = build_t5_tokenizer()
-    text_config = UMT5Config(**_t5_dimensions(tokenizer))
-    return WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=_seeded(7, lambda: UMT5EncoderModel(text_config)),
-        vae=_seeded(
-            8,
-            lambda: AutoencoderKLWan(
-                base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-            ),
-        ),
-        transformer=_seeded(
-            9,
-            lambda: WanTransformer3DModel(
-                patch_size=(1, 2, 2),
-                num_attention_heads=2,
-                attention_head_dim=12,
-                in_channels=16,
-                out_channels=16,
-                text_dim=T5_HIDDEN,
-                freq_dim=256,
-                ffn_dim=32,
-                num_layers=2,
-                cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads",
-                rope_max_seq_len=1024,
-            ),
-        ),
-        # The scheduler the Wan2.1 model card configures (flow_shift 3.0: 480p).
-        scheduler=UniPCMultistepScheduler(
-            prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
-        ),
-    )
 
 
 FLUX_LATENT_CHANNELS = 16  # as the real FLUX VAE; the transformer reads 2x2 patches of them
@@ -272,7 +229,7 @@ def build_flux(schnell: bool = False) -> FluxPipeline:
     no guidance embeddings and schnell's fixed-shift scheduler."""
     tokenizer = build_tokenizer()
     t5_tokenizer = build_t5_tokenizer()
-    t5_config = T5Config(**_t5_dimensions(t5_tokenizer))
+    t5_config = T5Config(**t5_dimensions(t5_tokenizer))
     # The schedulers of the FLUX.1 repositories: dev shifts by image size, schnell does not.
     shifting = {"shift": 1.0} if schnell else {"shift": 3.0, "use_dynamic_shifting": True}
     return FluxPipeline(
@@ -284,10 +241,10 @@ def build_flux(schnell: bool = False) -> FluxPipeline:
             max_shift=1.15,
             **shifting,
         ),
-        vae=_seeded(10, _flux_vae),
-        text_encoder=_seeded(11, lambda: CLIPTextModel(_text_config(tokenizer, CLIP_HIDDEN, 2))),
+        vae=seeded(10, _flux_vae),
+        text_encoder=seeded(11, lambda: CLIPTextModel(_text_config(tokenizer, CLIP_HIDDEN, 2))),
         tokenizer=tokenizer,
-        text_encoder_2=_seeded(12, lambda: T5EncoderModel(t5_config)),
+        text_encoder_2=seeded(12, lambda: T5EncoderModel(t5_config)),
         tokenizer_2=t5_tokenizer,
-        transformer=_seeded(13, lambda: flux_transformer(guidance=not schnell)),
+        transformer=seeded(13, lambda: flux_transformer(guidance=not schnell)),
     )

@@ -6,7 +6,8 @@ its own fixed seed, so the tiny refiner's `text_encoder_2` and VAE, and the tiny
 text encoders and VAE, equal the tiny base's.
 
 Usage: python -m kserve_diffusion.testing.tiny --family FAMILY --out DIR [--single-file] [--loras DIR]
-FAMILY: sdxl, sdxl-refiner, sdxl-inpaint, flux (dev-like), flux-schnell, wan
+FAMILY: sdxl, sdxl-refiner, sdxl-inpaint, flux (dev-like), flux-schnell, and the Wan variants: wan (Wan2.1 T2V),
+wan-i2v (Wan2.1 I2V), wan22-t2v and wan22-i2v (Wan2.2 A14B: two experts), wan22-ti2v (Wan2.2 TI2V-5B)
 --loras DIR also writes tiny LoRA adapters for the family into DIR (see testing/adapters.py).
 """
 
@@ -23,6 +24,7 @@ from diffusers import (
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
+    WanImageToVideoPipeline,
     WanPipeline,
 )
 from diffusers.utils import logging as diffusers_logging
@@ -30,8 +32,9 @@ from safetensors.torch import save_file
 
 from . import ldm_export
 from .adapters import write_adapters
-from .builders import build_flux, build_sdxl_base, build_sdxl_inpaint, build_sdxl_refiner, build_wan, flux_transformer
+from .builders import build_flux, build_sdxl_base, build_sdxl_inpaint, build_sdxl_refiner, flux_transformer
 from .tokenizers import build_t5_tokenizer, build_tokenizer
+from .wan_builders import WAN_BUILDERS, build_wan
 
 __all__ = [
     "BUILDERS",
@@ -50,13 +53,14 @@ __all__ = [
 
 
 SDXLPipelines = StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline | StableDiffusionXLInpaintPipeline
-BUILDERS: dict[str, Callable[[], SDXLPipelines | FluxPipeline | WanPipeline]] = {
+WanPipelines = WanPipeline | WanImageToVideoPipeline
+BUILDERS: dict[str, Callable[[], SDXLPipelines | FluxPipeline | WanPipelines]] = {
     "sdxl": build_sdxl_base,
     "sdxl-refiner": build_sdxl_refiner,
     "sdxl-inpaint": build_sdxl_inpaint,
     "flux": build_flux,
     "flux-schnell": lambda: build_flux(schnell=True),
-    "wan": build_wan,
+    **WAN_BUILDERS,
 }
 SDXL_FAMILIES = ("sdxl", "sdxl-refiner", "sdxl-inpaint")
 FLUX_FAMILIES = ("flux", "flux-schnell")
@@ -95,7 +99,7 @@ def _write_flux_single_file(pipeline: FluxPipeline, out: Path) -> Path:
     return checkpoint
 
 
-ADAPTER_FAMILIES = {"sdxl": "sdxl", "flux": "flux", "flux-schnell": "flux", "wan": "wan"}
+ADAPTER_FAMILIES = {"sdxl": "sdxl", "flux": "flux", "flux-schnell": "flux", **dict.fromkeys(WAN_BUILDERS, "wan")}
 
 
 def write(family: str, out: Path, single_file: bool = False, loras: Path | None = None) -> Path:
