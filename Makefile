@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOK_VENV := .venv-notebook
 NOTEBOOK_STAMP := $(NOTEBOOK_VENV)/.installed
 DEMO_MODEL := .cache/tiny/sdxl
-DEMO_VIDEO_MODEL := .cache/tiny/wan
+DEMO_VIDEO_MODEL := .cache/tiny/wan22-ti2v
 DEMO_LORAS := .cache/tiny/loras
 HTTP_PORT ?= 8080
 GRPC_PORT ?= 8081
@@ -43,16 +43,16 @@ $(DEMO_MODEL)/model_index.json: | $(STAMP)
 	$(PY) -m kserve_diffusion.testing.tiny --family sdxl --out $(DEMO_MODEL)
 
 $(DEMO_VIDEO_MODEL)/model_index.json: | $(STAMP)
-	$(PY) -m kserve_diffusion.testing.tiny --family wan --out $(DEMO_VIDEO_MODEL)
+	$(PY) -m kserve_diffusion.testing.tiny --family wan22-ti2v --out $(DEMO_VIDEO_MODEL)
 
 # The demo's LoRA adapters (the tiny models are rewritten beside them, identical: every weight has its seed).
 $(DEMO_LORAS)/wan-kohya.safetensors: | $(STAMP)
 	$(PY) -m kserve_diffusion.testing.tiny --family sdxl --out $(DEMO_MODEL) --loras $(DEMO_LORAS)
-	$(PY) -m kserve_diffusion.testing.tiny --family wan --out $(DEMO_VIDEO_MODEL) --loras $(DEMO_LORAS)
+	$(PY) -m kserve_diffusion.testing.tiny --family wan22-ti2v --out $(DEMO_VIDEO_MODEL) --loras $(DEMO_LORAS)
 
 demo: install $(DEMO_MODEL)/model_index.json $(DEMO_VIDEO_MODEL)/model_index.json $(DEMO_LORAS)/wan-kohya.safetensors
 	@echo ""
-	@echo "Serving a tiny random-weight SDXL + Wan2.1 video (LoRA adapters in $(DEMO_LORAS)) as model 'sdxl' on http://localhost:$(HTTP_PORT) (gRPC $(GRPC_PORT))."
+	@echo "Serving a tiny random-weight SDXL + Wan2.2 TI2V-5B video, text or image to video (LoRA adapters in $(DEMO_LORAS)) as model 'sdxl' on http://localhost:$(HTTP_PORT) (gRPC $(GRPC_PORT))."
 	@echo "Try, once it logs that it is ready:"
 	@echo "  curl -s localhost:$(HTTP_PORT)/v1/models/sdxl:predict -d '{\"instances\": [{\"prompt\": \"a red fox\", \"height\": 512, \"width\": 512, \"num_inference_steps\": 4, \"seed\": 42}]}' | head -c 300; echo"
 	@echo ""

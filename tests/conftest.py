@@ -128,7 +128,8 @@ class ServerProcess:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny SDXL base, refiner and inpainting model, each as a diffusers folder and as a single file + config;
-    the tiny FLUX (dev-like as a folder and as a single-file transformer + components; schnell-like); Wan."""
+    the tiny FLUX (dev-like as a folder and as a single-file transformer + components; schnell-like); every Wan
+    variant (Wan2.1 T2V and I2V, Wan2.2 T2V-A14B, I2V-A14B and TI2V-5B)."""
     root = tmp_path_factory.mktemp("tiny")
     return {
         "sdxl": tiny.write("sdxl", root / "sdxl"),
@@ -141,6 +142,10 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "flux_file": tiny.write("flux", root / "flux-file", single_file=True),
         "flux_schnell": tiny.write("flux-schnell", root / "flux-schnell"),
         "wan": tiny.write("wan", root / "wan"),
+        "wan_i2v": tiny.write("wan-i2v", root / "wan-i2v"),
+        "wan22_t2v": tiny.write("wan22-t2v", root / "wan22-t2v"),
+        "wan22_i2v": tiny.write("wan22-i2v", root / "wan22-i2v"),
+        "wan22_ti2v": tiny.write("wan22-ti2v", root / "wan22-ti2v"),
     }
 
 
@@ -258,11 +263,40 @@ def compiled_server(
 
 
 @pytest.fixture(scope="session")
+def wan_servers(
+    tiny_models: dict[str, Path], lora_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, ServerProcess]]:
+    """The Wan variants no other server serves, started together (their start-ups overlap): "demo" is what
+    `make demo` serves (the tiny SDXL with the tiny Wan2.2 TI2V-5B beside it, tiny LoRA adapters in --lora_dir),
+    the others serve model "wan" alone: Wan2.1 I2V, Wan2.2 T2V-A14B and I2V-A14B."""
+    logs = tmp_path_factory.mktemp("logs")
+    demo = ["--model_id", str(tiny_models["sdxl"]), "--video_model_id", str(tiny_models["wan22_ti2v"])]
+    alone = {"wan2.1-i2v": "wan_i2v", "wan2.2-t2v-a14b": "wan22_t2v", "wan2.2-i2v-a14b": "wan22_i2v"}
+    servers = {"demo": ServerProcess([*demo, "--lora_dir", str(lora_dir)], logs / "demo.log")}
+    for variant, model in alone.items():
+        args = ["--model_type", "wan", "--model_id", str(tiny_models[model])]
+        servers[variant] = ServerProcess(args, logs / f"{variant}.log", model_name="wan")
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_server(wan_servers: dict[str, ServerProcess]) -> ServerProcess:
+    """What `make demo` serves (model "sdxl": SDXL + Wan2.2 TI2V-5B + LoRA adapters), where the docs' examples run."""
+    return wan_servers["demo"]
+
+
+@pytest.fixture(scope="session")
 def video_server(
     tiny_models: dict[str, Path], lora_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    """What `make demo` serves: the tiny SDXL base with the tiny Wan beside it (--video_model_id), and tiny
-    LoRA adapters in --lora_dir (the demo's, and the others of `lora_dir`)."""
+    """The tiny SDXL base with the tiny Wan2.1 T2V beside it (--video_model_id), and tiny LoRA adapters in
+    --lora_dir (those of `lora_dir`)."""
     args = ["--model_id", str(tiny_models["sdxl"]), "--video_model_id", str(tiny_models["wan"])]
     args += ["--lora_dir", str(lora_dir)]
     server = start_server(args, tmp_path_factory.mktemp("logs") / "video.log")

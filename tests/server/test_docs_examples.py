@@ -26,10 +26,10 @@ def test_the_docs_have_an_example_for_each_task_and_protocol() -> None:
 
 
 @needs_tools
-def test_demo_examples_run_as_written(video_server: ServerProcess, tmp_path: Path) -> None:
+def test_demo_examples_run_as_written(demo_server: ServerProcess, tmp_path: Path) -> None:
     """Against the server `make demo` starts: tiny SDXL with the tiny Wan beside it."""
     demo = examples(DEMO_HTTP, DEMO_GRPC)
-    answers = "\n".join(run(example, video_server, tmp_path, DEMO_HTTP, DEMO_GRPC) for example in demo)
+    answers = "\n".join(run(example, demo_server, tmp_path, DEMO_HTTP, DEMO_GRPC) for example in demo)
     for task in ("text2img", "img2img", "inpaint", "text2video"):
         assert re.search(rf'"task_type":\s*"{task}"', answers), task
     assert (tmp_path / "fox.png").read_bytes().startswith(b"\x89PNG")

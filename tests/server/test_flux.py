@@ -259,7 +259,7 @@ def test_img2img_and_inpaint(fluxc: httpx.Client) -> None:
         ({"true_cfg_scale": 0.5}, "true_cfg_scale: must be >= 1 and <= 50, got 0.5"),
         ({"max_sequence_length": 600}, "max_sequence_length: must be >= 1 and <= 512, got 600"),
         ({"strength": 0.5}, "strength: applies to img2img and inpaint only, got 0.5"),
-        ({"num_frames": 9}, "num_frames: applies to text2video only"),
+        ({"num_frames": 9}, "num_frames: applies to text2video and img2video only"),
         ({"task_type": "text2video"}, "task_type: this server serves text2img, img2img, inpaint, got 'text2video'"),
     ],
 )

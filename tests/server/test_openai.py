@@ -97,7 +97,12 @@ def test_output_format_and_compression(sdk: openai.OpenAI, output_format: str, m
         ({"extra_body": {"num_images": 2}}, openai.BadRequestError, "num_images", "num_images: not accepted here"),
         ({"extra_body": {"sampler": "DDIM"}}, openai.BadRequestError, "sampler", "sampler: unknown field"),
         ({"extra_body": {"num_inference_steps": 0}}, openai.BadRequestError, "num_inference_steps", "must be >= 1"),
-        ({"extra_body": {"num_frames": 5}}, openai.BadRequestError, "num_frames", "applies to text2video only"),
+        (
+            {"extra_body": {"num_frames": 5}},
+            openai.BadRequestError,
+            "num_frames",
+            "applies to text2video and img2video only",
+        ),
     ],
 )
 def test_errors_have_openai_shape(

@@ -85,7 +85,10 @@ def test_one_endpoint_serves_images_and_videos(video: httpx.Client) -> None:
     # fields of the other kind are pointed out, not silently ignored
     answer = predict(video, {**CLIP, "task_type": None})
     assert answer.status_code == 400
-    assert 'video_height: applies to text2video only (send "task_type": "text2video")' in answer.json()["error"]
+    assert (
+        'video_height: applies to text2video and img2video only (send "task_type": "text2video" or "img2video")'
+        in answer.json()["error"]
+    )
     answer = predict(video, clip(height=64))
     assert answer.json()["error"] == "height: does not apply to text2video (use video_height), got 64"
 

@@ -221,6 +221,12 @@ class GenerationService:
             metrics.count(request.task_type or "unknown", exc.outcome)
             raise
 
+    def default_fps(self, fields: dict[str, Any]) -> int:
+        """The fps of a video request with `fields` that names none: the served model variant's default."""
+        assert self.runner is not None
+        probe = {name: fields[name] for name in ("prompt", "task_type", "image", "image_url") if name in fields}
+        return self.runner.check(parse_request(probe, self.limits), self.limits).fps
+
     def _checked(self, instance: Any) -> GenerationRequest:
         """The validated request (family rules applied); a RequestError is counted as invalid."""
         assert self.runner is not None

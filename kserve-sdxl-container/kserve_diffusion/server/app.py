@@ -84,7 +84,7 @@ def serve(service: GenerationService, store: JobStore) -> None:
     app.include_router(jobs.router(manager, config.max_instances))
     app.include_router(loras.router(service))
     app.include_router(openai_images.router(service, config.max_image_bytes, config.max_image_pixels))
-    app.include_router(openai_videos.router(manager, config.job_ttl_seconds))
+    app.include_router(openai_videos.router(manager, config.job_ttl_seconds, config.max_image_bytes))
     app.add_middleware(V2RequestGuard, files=FILE_FIELDS)
     app.add_middleware(jobs.RespondAsync)
     app.add_middleware(RequestIdHeader)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from starlette.datastructures import UploadFile
+
+from ... import media
 from ...api.messages import quoted, shown
 from ...api.request import FIELD_KINDS
 from ...config import parse_bool
@@ -85,3 +88,13 @@ def check_served(asked: Any, served: str, ready: bool) -> None:
         )
     if not ready:
         raise OpenAIError(503, f"model {served!r} is not ready", code="not_ready")
+
+
+async def upload_bytes(upload: UploadFile, name: str, max_bytes: int) -> bytes:
+    """An uploaded image file's bytes: at most `max_bytes`, and a PNG, JPEG or WebP by its signature."""
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OpenAIError(400, f"{name}: the file is more than the limit of {max_bytes} bytes", name)
+    if not media.looks_like_image_file(data):
+        raise OpenAIError(400, f"{name}: the file is not a PNG, JPEG or WebP image", name)
+    return data

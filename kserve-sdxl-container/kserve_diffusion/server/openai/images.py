@@ -20,7 +20,7 @@ from ...api.messages import quoted
 from ...api.request import MAX_PROMPT_CHARS
 from ...api.results import GenerationResult
 from ...redact import loggable, request_id
-from .fields import check_served, form_value, is_true, our_fields, parse_size
+from .fields import check_served, form_value, is_true, our_fields, parse_size, upload_bytes
 from .schemas import (
     ERRORS,
     ImageData,
@@ -61,15 +61,6 @@ class ServedModel(Protocol):
     def tasks(self) -> tuple[str, ...]: ...
 
     async def generate(self, instances: list[Any], request_id: str) -> list[GenerationResult]: ...
-
-
-async def _file_bytes(upload: UploadFile, name: str, max_bytes: int) -> bytes:
-    data = await upload.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise OpenAIError(400, f"{name}: the file is more than the limit of {max_bytes} bytes", name)
-    if not media.looks_like_image_file(data):
-        raise OpenAIError(400, f"{name}: the file is not a PNG, JPEG or WebP image", name)
-    return data
 
 
 def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRouter:
@@ -163,9 +154,9 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
         extra = {key: form_value(key, str(value)) for key, value in form.items() if key not in _EDIT_FORM_FIELDS}
         fields = instance(prompt, size, n, output_format, output_compression)
         fields.update(our_fields(extra, SET_BY_IMAGES))
-        fields["image"] = await _file_bytes(image, "image", max_image_bytes)
+        fields["image"] = await upload_bytes(image, "image", max_image_bytes)
         # Without a mask, the image's own transparent pixels mark where to edit (OpenAI's rule).
-        given = await _file_bytes(mask, "mask", max_image_bytes) if mask is not None else None
+        given = await upload_bytes(mask, "mask", max_image_bytes) if mask is not None else None
         # Decoding the alpha channel is CPU work: off the event loop.
         loop = asyncio.get_running_loop()
         converted = await loop.run_in_executor(None, media.transparent_mask, given or fields["image"], max_pixels)

@@ -1,7 +1,8 @@
 """OpenAI Videos API over the job manager: `/openai/v1/videos` create, list, retrieve, delete, content.
 
 A video is a job made through these routes. `seconds` and `size` become `num_frames` (seconds x fps + 1,
-Wan's 4k+1 at whole seconds and an even fps) and `video_width`/`video_height`; our own fields (seed,
+Wan's 4k+1 at whole seconds and an even fps) and `video_width`/`video_height`; `input_reference` (an image
+file, or a URL in JSON) makes it image-to-video, sized from the picture without `size`; our own fields (seed,
 num_inference_steps, fps, negative_prompt, ...) come as extra fields, in JSON or in the multipart form
 the SDK sends. Answers and errors have OpenAI's shapes.
 """
@@ -22,7 +23,7 @@ from ...errors import JobNotFound, RequestError
 from ...jobs.manager import JobManager
 from ...jobs.records import JobRecord
 from ...redact import request_id
-from .fields import check_served, form_value, our_fields, parse_size
+from .fields import check_served, form_value, our_fields, parse_size, upload_bytes
 from .images import PREFIX
 from .schemas import ERRORS, VIDEO_NAMES, OpenAIError, OpenAIRoute, as_openai_error
 
@@ -34,7 +35,6 @@ STATUSES = {
     "cancelled": "failed",
 }
 LIST_WINDOW = 500  # GET /videos pages through this many of the newest videos
-DEFAULT_FPS: int = GenerationRequest.model_fields["fps"].default
 MAX_SECONDS_DIGITS = 4
 # Our fields that `seconds` and `size` set: sent as extra fields they are a 400 naming the OpenAI one.
 SET_BY_VIDEOS = {
@@ -43,10 +43,10 @@ SET_BY_VIDEOS = {
     "video_height": "send size",
     "width": "send size",
     "height": "send size",
-    "task_type": "the endpoint sets it: text2video",
+    "task_type": "the endpoint sets it: text2video, or img2video with input_reference",
     "num_images": "one video per request",
-    "image": "image-to-video is not served by this model",
-    "image_url": "image-to-video is not served by this model",
+    "image": "send the picture as input_reference",
+    "image_url": "send the picture as input_reference",
     "mask": "videos take no mask",
     "mask_url": "videos take no mask",
 }
@@ -94,8 +94,26 @@ def _seconds(value: Any, fps: int, max_frames: int) -> tuple[str, int]:
     return text, frames
 
 
-def router(jobs: JobManager, ttl: float) -> APIRouter:
-    """The Videos routes, answered from `jobs` (finished videos are kept `ttl` seconds)."""
+async def _reference(value: Any, served: tuple[str, ...], max_bytes: int) -> dict[str, Any]:
+    """The fields `input_reference` sets: the task, and the picture (an uploaded file, or a URL in JSON)."""
+    if value is None:
+        if "text2video" not in served:
+            raise OpenAIError(400, "input_reference: this model makes video from an image; send one", "input_reference")
+        return {"task_type": "text2video"}
+    if "img2video" not in served:
+        raise OpenAIError(
+            400, "input_reference: image-to-video is not served by this model (text-to-video only)", "input_reference"
+        )
+    if isinstance(value, UploadFile):
+        return {"task_type": "img2video", "image": await upload_bytes(value, "input_reference", max_bytes)}
+    if isinstance(value, str) and value:
+        return {"task_type": "img2video", "image_url": value}  # http(s) or data URL: the server's input rules
+    raise OpenAIError(400, f"input_reference: an image file, or a URL in JSON, got {shown(value)}", "input_reference")
+
+
+def router(jobs: JobManager, ttl: float, max_image_bytes: int) -> APIRouter:
+    """The Videos routes, answered from `jobs` (finished videos are kept `ttl` seconds; input_reference files
+    are at most `max_image_bytes`)."""
     api = APIRouter(
         prefix=PREFIX, route_class=OpenAIRoute, tags=["OpenAI Videos API"], default_response_class=JSONResponse
     )
@@ -138,21 +156,22 @@ def router(jobs: JobManager, ttl: float) -> APIRouter:
         prompt = body.pop("prompt", None)
         if not isinstance(prompt, str) or not prompt:
             raise OpenAIError(400, "prompt: required, a non-empty string", "prompt")
-        if "text2video" not in service.tasks():
+        served = service.tasks()
+        if not {"text2video", "img2video"} & set(served):
             raise OpenAIError(400, f"model: {service.name!r} does not generate video", "model")
-        if body.pop("input_reference", None) is not None:
-            raise OpenAIError(
-                400,
-                "input_reference: image-to-video is not served by this model (text-to-video only)",
-                "input_reference",
-            )
+        reference = await _reference(body.pop("input_reference", None), served, max_image_bytes)
         seconds = body.pop("seconds", None)
         size = body.pop("size", None)
-        fields: dict[str, Any] = {**our_fields(body, SET_BY_VIDEOS), "prompt": prompt, "task_type": "text2video"}
-        fps = fields.get("fps", DEFAULT_FPS)
-        if not isinstance(fps, int) or isinstance(fps, bool):
-            raise OpenAIError(400, f"fps: must be an integer, got {shown(fps)}", "fps")
+        fields: dict[str, Any] = {**our_fields(body, SET_BY_VIDEOS), "prompt": prompt, **reference}
         if seconds is not None:
+            try:
+                fps = fields["fps"] if "fps" in fields else service.default_fps(fields)
+            except RequestError as exc:
+                error = as_openai_error(exc, VIDEO_NAMES)
+                assert error is not None
+                raise error from None
+            if not isinstance(fps, int) or isinstance(fps, bool):
+                raise OpenAIError(400, f"fps: must be an integer, got {shown(fps)}", "fps")
             seconds, fields["num_frames"] = _seconds(seconds, fps, service.limits.max_frames)
         if size is not None:
             dimensions = parse_size(str(size))
