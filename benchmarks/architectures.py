@@ -1,4 +1,5 @@
-"""Full-size architectures (SDXL base and refiner, FLUX.1, Wan2.1-1.3B) built from the published configs
+"""Full-size architectures (SDXL base and refiner, FLUX.1, Wan2.1 1.3B/14B and I2V, Wan2.2 A14B and TI2V-5B)
+built from the published configs
 with random weights: GPU benchmarks without downloading a checkpoint.
 
 The configs are those of the models' `config.json` files (keys left at the classes' defaults are
@@ -22,14 +23,18 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
     UniPCMultistepScheduler,
+    WanImageToVideoPipeline,
     WanPipeline,
     WanTransformer3DModel,
 )
 from kserve_diffusion.testing import tiny
 from transformers import (
+    CLIPImageProcessor,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
     T5Config,
     T5EncoderModel,
     UMT5Config,
@@ -133,14 +138,59 @@ WAN_1_3B_TRANSFORMER = {
     "num_layers": 30,
     "text_dim": 4096,
 }
+# Wan2.1 T2V 14B; each Wan2.2 A14B expert has this shape too (T2V: 16 input channels, I2V: 36, no image encoder).
+WAN_14B_TRANSFORMER = {**WAN_1_3B_TRANSFORMER, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
+# Wan2.1 I2V 14B: noise + frame mask + the picture's latents in, and cross-attention to CLIP image features.
+WAN_I2V_14B_TRANSFORMER = {**WAN_14B_TRANSFORMER, "in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 5120}
+WAN22_I2V_EXPERT = {**WAN_14B_TRANSFORMER, "in_channels": 36}
+WAN22_TI2V_5B_TRANSFORMER = {
+    **WAN_1_3B_TRANSFORMER,
+    "num_attention_heads": 24,
+    "ffn_dim": 14336,
+    "in_channels": 48,
+    "out_channels": 48,
+}
+# Wan2.1 I2V's image encoder: open-clip XLM-RoBERTa-large ViT-H/14, its vision tower.
+CLIP_VIT_H = {
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 224,
+    "projection_dim": 1024,
+    "hidden_act": "gelu",
+}
+# The Wan2.2 VAE (TI2V-5B): 48 latent channels, 16x in space through a 2x2 patchify.
+WAN22_VAE = {
+    "base_dim": 160,
+    "decoder_base_dim": 256,
+    "z_dim": 48,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "temperal_downsample": [False, True, True],
+    "is_residual": True,
+    "in_channels": 12,
+    "out_channels": 12,
+    "patch_size": 2,
+    "scale_factor_spatial": 16,
+    "scale_factor_temporal": 4,
+    "latents_mean": [0.0] * 48,
+    "latents_std": [1.0] * 48,
+}
 # Published parameter counts (model cards, papers) and how close the configs must come: exact counts
-# are checked closely, the nominal "2.3B" and "1.3B" loosely.
+# are checked closely, the nominal "2.3B", "1.3B", "14B" and "5B" loosely.
 PUBLISHED_PARAMETERS: dict[str, tuple[float, float]] = {
     "sdxl_unet": (2_567_463_684, 0.0),
     "sdxl_refiner_unet": (2.3e9, 0.05),
     "flux_transformer": (11.9e9, 0.01),
     "t5_xxl_encoder": (4.76e9, 0.01),
     "wan_1_3b_transformer": (1.3e9, 0.1),
+    "wan_14b_transformer": (14.3e9, 0.01),  # the checkpoint's count on its model page
+    "wan_i2v_14b_transformer": (16.4e9, 0.01),  # "14B" plus the image cross-attention, as its model page counts
+    "wan22_i2v_expert": (14.3e9, 0.01),  # each of the two: A14B is 27B in all, 14B active per step
+    "wan22_ti2v_5b_transformer": (5e9, 0.05),
+    "clip_vit_h_vision": (632e6, 0.02),
 }
 
 
@@ -169,12 +219,42 @@ def wan_1_3b_transformer() -> WanTransformer3DModel:
     return WanTransformer3DModel(**WAN_1_3B_TRANSFORMER)
 
 
+def wan_14b_transformer() -> WanTransformer3DModel:
+    """The Wan2.1 T2V 14B transformer (and each Wan2.2 T2V-A14B expert)."""
+    return WanTransformer3DModel(**WAN_14B_TRANSFORMER)
+
+
+def wan_i2v_14b_transformer() -> WanTransformer3DModel:
+    """The Wan2.1 I2V 14B transformer."""
+    return WanTransformer3DModel(**WAN_I2V_14B_TRANSFORMER)
+
+
+def wan22_i2v_expert() -> WanTransformer3DModel:
+    """One Wan2.2 I2V-A14B expert."""
+    return WanTransformer3DModel(**WAN22_I2V_EXPERT)
+
+
+def wan22_ti2v_5b_transformer() -> WanTransformer3DModel:
+    """The Wan2.2 TI2V-5B transformer."""
+    return WanTransformer3DModel(**WAN22_TI2V_5B_TRANSFORMER)
+
+
+def clip_vit_h_vision() -> CLIPVisionModelWithProjection:
+    """Wan2.1 I2V's CLIP image encoder."""
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_H))
+
+
 COMPONENTS: dict[str, Callable[[], torch.nn.Module]] = {
     "sdxl_unet": sdxl_unet,
     "sdxl_refiner_unet": sdxl_refiner_unet,
     "flux_transformer": flux_transformer,
     "t5_xxl_encoder": t5_xxl_encoder,
     "wan_1_3b_transformer": wan_1_3b_transformer,
+    "wan_14b_transformer": wan_14b_transformer,
+    "wan_i2v_14b_transformer": wan_i2v_14b_transformer,
+    "wan22_i2v_expert": wan22_i2v_expert,
+    "wan22_ti2v_5b_transformer": wan22_ti2v_5b_transformer,
+    "clip_vit_h_vision": clip_vit_h_vision,
 }
 
 
@@ -243,8 +323,60 @@ def build_wan() -> WanPipeline:
     )
 
 
+def _umt5_parts() -> dict[str, Any]:
+    tokenizer = tiny.build_t5_tokenizer()
+    tokenizer.model_max_length = 512
+    return {"tokenizer": tokenizer, "text_encoder": UMT5EncoderModel(UMT5Config(**UMT5_XXL))}
+
+
+def _wan_scheduler(flow_shift: float) -> UniPCMultistepScheduler:
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
+
+
+def build_wan_i2v() -> WanImageToVideoPipeline:
+    """Wan2.1 I2V 14B (480P), random weights."""
+    return WanImageToVideoPipeline(
+        **_umt5_parts(),
+        image_encoder=clip_vit_h_vision(),
+        image_processor=CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}),
+        transformer=wan_i2v_14b_transformer(),
+        vae=AutoencoderKLWan(),
+        scheduler=_wan_scheduler(3.0),
+    )
+
+
+def build_wan22_i2v() -> WanImageToVideoPipeline:
+    """Wan2.2 I2V-A14B: two 14B experts switched at boundary_ratio 0.9, random weights."""
+    return WanImageToVideoPipeline(
+        **_umt5_parts(),
+        transformer=wan22_i2v_expert(),
+        transformer_2=wan22_i2v_expert(),
+        boundary_ratio=0.9,
+        vae=AutoencoderKLWan(),
+        scheduler=_wan_scheduler(5.0),
+    )
+
+
+def build_wan22_ti2v() -> WanPipeline:
+    """Wan2.2 TI2V-5B with the Wan2.2 VAE, random weights."""
+    return WanPipeline(
+        **_umt5_parts(),
+        transformer=wan22_ti2v_5b_transformer(),
+        vae=AutoencoderKLWan(**WAN22_VAE),
+        expand_timesteps=True,
+        scheduler=_wan_scheduler(5.0),
+    )
+
+
 # The dtype each model card recommends on a GPU.
-DTYPES: dict[str, torch.dtype] = {"sdxl": torch.float16, "flux": torch.bfloat16, "wan": torch.bfloat16}
+DTYPES: dict[str, torch.dtype] = {
+    "sdxl": torch.float16,
+    "flux": torch.bfloat16,
+    "wan": torch.bfloat16,
+    "wan-i2v": torch.bfloat16,
+    "wan22-i2v": torch.bfloat16,
+    "wan22-ti2v": torch.bfloat16,
+}
 
 
 def parameter_count(name: str) -> int:

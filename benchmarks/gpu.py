@@ -1,4 +1,5 @@
-"""GPU mode: full-size SDXL (+ refiner), FLUX.1-dev and Wan2.1-1.3B with random weights (no download), run
+"""GPU mode: full-size SDXL (+ refiner), FLUX.1-dev, Wan2.1 1.3B and I2V 14B, Wan2.2 I2V-A14B and TI2V-5B with
+random weights (no download), run
 through the server's own runners, device modes and speed options. Latency and peak GPU memory per case,
 beside the best published figures for the same GPU class."""
 
@@ -13,11 +14,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from kserve_diffusion.api.inputs import NO_INPUTS, InputImages
 from kserve_diffusion.api.request import DEFAULT_LIMITS, parse_request
 from kserve_diffusion.config import ServerConfig, defaults
 from kserve_diffusion.pipelines import flux, sdxl, wan
 from kserve_diffusion.pipelines.base import Runner
 from kserve_diffusion.testing import tiny
+from PIL import Image
 
 from benchmarks import architectures
 
@@ -42,9 +45,20 @@ class Case:
     """One benchmark request on one family."""
 
     label: str
-    family: str
+    family: str  # sdxl, flux, or a Wan builder's name (wan, wan-i2v, wan22-i2v, wan22-ti2v)
     fields: dict[str, Any]
     refiner: bool = False
+    skipped_modes: tuple[str, ...] = ()  # device modes not worth measuring
+
+
+def _video(task: str, width: int, height: int, frames: int, steps: int) -> dict[str, Any]:
+    picture = {"image": "x"} if task == "img2video" else {}  # the picture itself is made by measure_case
+    size = {"video_width": width, "video_height": height, "num_frames": frames, "num_inference_steps": steps}
+    return {"task_type": task, **picture, **size}
+
+
+# Sequential offload of 5-27B video transformers takes many minutes a run: those cases skip it.
+SLOW_FOR_VIDEO = ("enable_sequential_cpu_offload",)
 
 
 CASES = (
@@ -66,6 +80,30 @@ CASES = (
         "wan",
         {"task_type": "text2video", "video_width": 832, "video_height": 480, "num_frames": 81},
     ),
+    Case(
+        "Wan2.1 I2V 14B 832x480, 33 frames, 20 steps",
+        "wan-i2v",
+        _video("img2video", 832, 480, 33, 20),
+        skipped_modes=SLOW_FOR_VIDEO,
+    ),
+    Case(
+        "Wan2.2 I2V-A14B 832x480, 33 frames, 20 steps",
+        "wan22-i2v",
+        _video("img2video", 832, 480, 33, 20),
+        skipped_modes=SLOW_FOR_VIDEO,
+    ),
+    Case(
+        "Wan2.2 TI2V-5B 1280x704, 33 frames, 20 steps",
+        "wan22-ti2v",
+        _video("text2video", 1280, 704, 33, 20),
+        skipped_modes=SLOW_FOR_VIDEO,
+    ),
+    Case(
+        "Wan2.2 TI2V-5B image-to-video 1280x704, 33 frames, 20 steps",
+        "wan22-ti2v",
+        _video("img2video", 1280, 704, 33, 20),
+        skipped_modes=SLOW_FOR_VIDEO,
+    ),
 )
 
 
@@ -76,7 +114,7 @@ class Builders:
     sdxl: Callable[[], Any]
     sdxl_refiner: Callable[[Any], Any]
     flux: Callable[[], Any]
-    wan: Callable[[], Any]
+    wan: dict[str, Callable[[], Any]]  # per Wan builder name
     dtypes: dict[str, torch.dtype]
 
 
@@ -84,7 +122,12 @@ FULL_SIZE = Builders(
     sdxl=architectures.build_sdxl,
     sdxl_refiner=architectures.build_sdxl_refiner,
     flux=architectures.build_flux,
-    wan=architectures.build_wan,
+    wan={
+        "wan": architectures.build_wan,
+        "wan-i2v": architectures.build_wan_i2v,
+        "wan22-i2v": architectures.build_wan22_i2v,
+        "wan22-ti2v": architectures.build_wan22_ti2v,
+    },
     dtypes=architectures.DTYPES,
 )
 # The same loop with the tiny models on the CPU: how the tests check this mode without a GPU.
@@ -92,8 +135,8 @@ TINY = Builders(
     sdxl=tiny.build_sdxl_base,
     sdxl_refiner=lambda base: tiny.build_sdxl_refiner(),
     flux=tiny.build_flux,
-    wan=tiny.build_wan,
-    dtypes={"sdxl": torch.float32, "flux": torch.float32, "wan": torch.float32},
+    wan=tiny.WAN_BUILDERS,
+    dtypes=dict.fromkeys(architectures.DTYPES, torch.float32),
 )
 
 
@@ -118,7 +161,7 @@ def _runner(case: Case, builders: Builders, config: ServerConfig, build_device: 
         elif case.family == "flux":
             pipeline = builders.flux()
         else:
-            pipeline = builders.wan()
+            pipeline = builders.wan[case.family]()
     if config.device != "cuda" and build_device != "cpu":
         for module in (base, refiner) if case.family == "sdxl" else (pipeline,):
             if module is not None:
@@ -148,9 +191,12 @@ def measure_case(case: Case, mode: str, option: str, builders: Builders, runs: i
     runner = _runner(case, builders, config, build_device)
     limits = replace(DEFAULT_LIMITS, max_steps=150, max_side=2048, max_frames=81)
     request = runner.check(parse_request({"prompt": "a red fox in the snow", **case.fields}, limits), limits)
+    inputs = NO_INPUTS
+    if request.task_type == "img2video":
+        inputs = InputImages(Image.new("RGB", (request.video_width, request.video_height), (90, 120, 160)))
     on_cuda = torch.cuda.is_available() and mode != "cpu"
     started = time.perf_counter()
-    runner.generate(request, 1)
+    runner.generate(request, 1, inputs)
     warm_up = time.perf_counter() - started
     if on_cuda:
         torch.cuda.synchronize()
@@ -158,7 +204,7 @@ def measure_case(case: Case, mode: str, option: str, builders: Builders, runs: i
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        runner.generate(request, 1)
+        runner.generate(request, 1, inputs)
         if on_cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
@@ -187,7 +233,7 @@ def measure(
     """Every case in every device mode; the speed options on the fastest mode (the first) only."""
     rows = []
     for case in cases:
-        for mode in modes:
+        for mode in [mode for mode in modes if mode not in case.skipped_modes]:
             for option in options if mode == modes[0] else ("eager",):
                 try:
                     rows.append(measure_case(case, mode, option, builders, runs, build_device))

@@ -218,10 +218,12 @@ def test_metrics_count_outcomes_and_times(serving_server: ServerProcess, http: h
 
 @pytest.fixture(scope="module")
 def oom_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The tiny base through tests/oom_launcher.py: requests with id inject-oom* run out of memory at step 1."""
+    """The tiny base and Wan through tests/oom_launcher.py: requests with id inject-oom* run out of memory at
+    step 1, videos with id inject-decode-oom* in the VAE decode."""
     launcher = [sys.executable, str(ROOT / "tests" / "oom_launcher.py"), "--model_name", "sdxl", "--device", "cpu"]
     log = tmp_path_factory.mktemp("logs") / "oom.log"
-    server = ServerProcess(["--model_id", str(tiny_models["sdxl"])], log, launcher=launcher).wait_ready()
+    args = ["--model_id", str(tiny_models["sdxl"]), "--video_model_id", str(tiny_models["wan"])]
+    server = ServerProcess(args, log, launcher=launcher).wait_ready()
     yield server
     server.stop()
 
@@ -238,6 +240,20 @@ def test_out_of_memory_is_507_and_the_next_request_succeeds(oom_server: ServerPr
     only_image(post(url, small()))
     assert outcome(metric_samples(url), "text2img", "oom") == 1
     assert "request=inject-oom-1 task=text2img out of memory: CUDA out of memory" in oom_server.log()
+
+
+def test_out_of_memory_in_the_video_decode_is_507_naming_it(oom_server: ServerProcess) -> None:
+    url = oom_server.url
+    video = {"task_type": "text2video", "prompt": "a fox", "video_width": 64, "video_height": 64, "num_frames": 5}
+    answer = post(url, {**video, "num_inference_steps": 2}, request_id="inject-decode-oom-1")
+    assert answer.status_code == 507, answer.text
+    assert answer.json()["error"] == (
+        "out of memory generating 5 frames of 64x64 in the VAE decode, after all 2 steps: send fewer num_frames or "
+        "a smaller video_width/video_height; the operator can start the server with --vae_tiling "
+        "(the server has freed the memory and keeps serving)"
+    )
+    assert post(url, {**video, "num_inference_steps": 2}).status_code == 200
+    assert outcome(metric_samples(url), "text2video", "oom") == 1
 
 
 # --- graceful shutdown ---

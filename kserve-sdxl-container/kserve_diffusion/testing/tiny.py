@@ -38,6 +38,7 @@ from .wan_builders import WAN_BUILDERS, build_wan
 
 __all__ = [
     "BUILDERS",
+    "WAN_BUILDERS",
     "FAMILIES",
     "build_flux",
     "build_sdxl_base",
