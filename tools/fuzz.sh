@@ -8,13 +8,13 @@ PY=.venv/bin/python
 ST=.venv-fuzz/bin/schemathesis
 PORT=${FUZZ_PORT:-18390}
 model=.cache/tiny/sdxl
-video=.cache/tiny/wan
+video=.cache/tiny/wan22-ti2v  # text and image to video: both video tasks are fuzzed
 [ -f "$model/model_index.json" ] || "$PY" -m kserve_diffusion.testing.tiny --family sdxl --out "$model"
-[ -f "$video/model_index.json" ] || "$PY" -m kserve_diffusion.testing.tiny --family wan --out "$video"
+[ -f "$video/model_index.json" ] || "$PY" -m kserve_diffusion.testing.tiny --family wan22-ti2v --out "$video"
 loras=.cache/tiny/loras
 [ -f "$loras/wan-kohya.safetensors" ] || {
   "$PY" -m kserve_diffusion.testing.tiny --family sdxl --out "$model" --loras "$loras"
-  "$PY" -m kserve_diffusion.testing.tiny --family wan --out "$video" --loras "$loras"
+  "$PY" -m kserve_diffusion.testing.tiny --family wan22-ti2v --out "$video" --loras "$loras"
 }
 mkdir -p benchmarks/results/fuzz
 log=benchmarks/results/fuzz/server.log

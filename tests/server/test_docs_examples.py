@@ -19,6 +19,7 @@ def test_the_docs_have_an_example_for_each_task_and_protocol() -> None:
     demo = examples(DEMO_HTTP, DEMO_GRPC)
     text = "\n".join(example.code for example in demo)
     assert '"task_type": "img2img"' in text and '"mask": "%s"' in text and '"task_type": "text2video"' in text
+    assert '"task_type": "img2video"' in text and "input_reference=" in text
     readme = "\n".join(example.code for example in demo if example.page == "README.md")
     for call in (":predict", "/v2/models/sdxl/infer", "tritonclient.grpc", "from openai import OpenAI"):
         assert call in readme, call
@@ -27,19 +28,21 @@ def test_the_docs_have_an_example_for_each_task_and_protocol() -> None:
 
 @needs_tools
 def test_demo_examples_run_as_written(demo_server: ServerProcess, tmp_path: Path) -> None:
-    """Against the server `make demo` starts: tiny SDXL with the tiny Wan beside it."""
+    """Against the server `make demo` starts: tiny SDXL with the tiny Wan2.2 TI2V-5B beside it."""
     demo = examples(DEMO_HTTP, DEMO_GRPC)
     answers = "\n".join(run(example, demo_server, tmp_path, DEMO_HTTP, DEMO_GRPC) for example in demo)
-    for task in ("text2img", "img2img", "inpaint", "text2video"):
+    for task in ("text2img", "img2img", "inpaint", "text2video", "img2video"):
         assert re.search(rf'"task_type":\s*"{task}"', answers), task
     assert (tmp_path / "fox.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "fox.mp4").read_bytes()[4:8] == b"ftyp"
     assert (tmp_path / "fox.jpg").read_bytes().startswith(b"\xff\xd8\xff")
     assert (tmp_path / "fox.webp").read_bytes()[8:12] == b"WEBP"
     assert "512x512 jpeg 42" in answers  # the README's OpenAI SDK example
-    for video in ("fox-job.mp4", "fox-openai.mp4"):  # docs/jobs.md: a job's predictions, the Videos API
+    # docs/jobs.md: a job's predictions, the Videos API; docs/video.md: v2 binary and input_reference image-to-video
+    for video in ("fox-job.mp4", "fox-openai.mp4", "fox-i2v.mp4", "fox-openai-i2v.mp4"):
         assert (tmp_path / video).read_bytes()[4:8] == b"ftyp", video
     assert "completed 100 2 256x256" in answers and "preference-applied: respond-async" in answers.lower()
+    assert "completed 256x256" in answers  # docs/video.md's input_reference example
 
 
 @needs_tools

@@ -135,7 +135,7 @@ def test_flux_with_wan_beside_it_routes_by_task(tiny_models: dict[str, Path]) ->
     assert (image.task_type, image.num_inference_steps, image.scheduler) == ("text2img", 28, "FlowMatchEuler")
     video = both.check(parse_request({"prompt": "a fox", "task_type": "text2video"}, LIMITS), LIMITS)
     assert (video.num_inference_steps, video.scheduler) == (25, "UniPC")
-    assert both.size_multiple == 16
+    assert both.size_multiples == {"text2img": 16, "img2img": 16, "inpaint": 16, "text2video": 16}
 
 
 def test_schnell_refuses_a_guidance_it_would_ignore(tiny_models: dict[str, Path]) -> None:

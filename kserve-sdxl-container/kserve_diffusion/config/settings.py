@@ -120,14 +120,14 @@ class ServerConfig:
         choices=FLUX_VARIANTS,
     )
     video_model_id: str | None = setting(
-        None, "Wan2.1 text-to-video diffusers folder or hub id served beside the image model (one endpoint)"
+        None, "Wan diffusers folder or hub id (any Wan2.1/2.2 variant) served beside the image model (one endpoint)"
     )
     flow_shift: float | None = setting(
         None,
-        "Wan scheduler flow shift",
+        "Wan scheduler flow shift, for every request",
         minimum=0,
         exclusive_minimum=True,
-        default_text="3.0 for 480p, 5.0 for 720p and up, per request",
+        default_text="the variant's (Wan2.1: 3.0 for 480p, 5.0 for 720p and up, per request; docs/video.md)",
     )
     max_frames: int = setting(81, "most video frames a request may ask for", minimum=1)
     max_video_pixels: int = setting(
