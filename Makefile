@@ -17,7 +17,7 @@ GRPC_PORT ?= 8081
 CONSTRAINTS := constraints.txt
 NOTEBOOK_CONSTRAINTS := constraints-notebook.txt
 
-.PHONY: install notebook-env find-redis demo test test-fast docs lock fuzz bench bench-gpu lint clean
+.PHONY: install notebook-env find-redis demo test test-fast docs lock fuzz bench bench-gpu gpu-check lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,12 @@ bench: install
 # Full-size architectures with random weights on a CUDA GPU -> benchmarks/results/gpu.{json,md,png}
 bench-gpu: install
 	$(PY) -m benchmarks.bench --gpu
+
+# The one-call GPU acceptance run (under 8 minutes on one H100/H200, nothing downloaded): the gpu tests and a
+# reduced matrix (SDXL, FLUX.1-dev with compile / fp8 / cache, Wan) -> benchmarks/results/gpu.{json,md,png}.
+# Needs the GPU extras (torchao, bitsandbytes): pip install '.[gpu]' (docs/benchmarks.md: offline machines).
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -17,21 +17,28 @@ import torch
 from kserve_diffusion.api.inputs import NO_INPUTS, InputImages
 from kserve_diffusion.api.request import DEFAULT_LIMITS, parse_request
 from kserve_diffusion.config import ServerConfig, defaults
-from kserve_diffusion.pipelines import flux, sdxl, wan
+from kserve_diffusion.errors import ConfigError
+from kserve_diffusion.pipelines import flux, quantize, sdxl, wan
 from kserve_diffusion.pipelines.base import Runner
 from kserve_diffusion.testing import tiny
 from PIL import Image
 
 from benchmarks import architectures
 
-DEVICE_MODES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload")
+DEVICE_MODES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload", "group_offload")
 SPEED_OPTIONS: dict[str, dict[str, Any]] = {
     "eager": {},
     "fuse_qkv": {"fuse_qkv": True},
     "channels_last": {"channels_last": True},
     "compile regional": {"compile": "regional"},
     "compile full": {"compile": "full"},
+    "fp8 + compile regional": {"quantize": "fp8", "compile": "regional"},
+    "int8": {"quantize": "int8"},
+    "first_block cache": {"cache": "first_block"},
+    "first_block cache + fp8 + compile regional": {"cache": "first_block", "quantize": "fp8", "compile": "regional"},
 }
+# Random weights change a lot between steps, so a cache skips far less than with a trained model.
+CACHE_NOTE = "cache skipped (random weights: not representative)"
 # Published latencies on an H100 (seconds), for the comparison column.
 PUBLISHED_H100 = {
     "sdxl": "2.50 eager, 1.47 TensorRT",
@@ -167,10 +174,28 @@ def _runner(case: Case, builders: Builders, config: ServerConfig, build_device: 
             if module is not None:
                 module.to("cpu")  # the offload modes start from weights in CPU memory
     if case.family == "sdxl":
-        return sdxl.assemble(base.to(dtype=dtype), refiner.to(dtype=dtype) if refiner else None, None, config)
+        base, refiner = base.to(dtype=dtype), refiner.to(dtype=dtype) if refiner else None
+        quantize.quantize_built(base, "sdxl", config)  # the server quantizes while loading: same torchao configs
+        return sdxl.assemble(base, refiner, None, config)
+    pipeline = pipeline.to(dtype=dtype)
     if case.family == "flux":
-        return flux.assemble(pipeline.to(dtype=dtype), config, "dev")
-    return wan.assemble(pipeline.to(dtype=dtype), config)
+        quantize.quantize_built(pipeline, "flux", config)
+        return flux.assemble(pipeline, config, "dev")
+    quantize.quantize_built(pipeline, "wan", config)
+    return wan.assemble(pipeline, config)
+
+
+class _Tally:
+    """Stands in for the server's request control: lets every step run and keeps what --cache skipped."""
+
+    def __init__(self) -> None:
+        self.cache: tuple[int, int] | None = None
+
+    def on_step(self, pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        return callback_kwargs
+
+    def cache_skipped(self, skipped: int, total: int) -> None:
+        self.cache = (skipped, total)
 
 
 def _free() -> None:
@@ -202,9 +227,10 @@ def measure_case(case: Case, mode: str, option: str, builders: Builders, runs: i
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     times = []
+    tally = _Tally()
     for _ in range(runs):
         started = time.perf_counter()
-        runner.generate(request, 1, inputs)
+        runner.generate(request, 1, inputs, tally)
         if on_cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
@@ -218,6 +244,7 @@ def measure_case(case: Case, mode: str, option: str, builders: Builders, runs: i
         "latency (s)": round(statistics.median(times), 3),
         "first call (s)": round(warm_up, 2),
         "peak GPU memory (GiB)": round(peak, 2),
+        CACHE_NOTE: f"{tally.cache[0] / tally.cache[1]:.0%}" if tally.cache and tally.cache[1] else "",
         "published H100 (s)": PUBLISHED_H100.get(case.family, "") if mode == "cuda" and option == "eager" else "",
     }
 
@@ -240,5 +267,7 @@ def measure(
                 except torch.OutOfMemoryError:
                     _free()
                     rows.append({"case": case.label, "device mode": mode, "option": option, "latency (s)": "OOM"})
+                except ConfigError as exc:  # an option this family or GPU does not take (a cache on SDXL, ...)
+                    rows.append({"case": case.label, "device mode": mode, "option": option, "latency (s)": str(exc)})
                 print(rows[-1], flush=True)
     return rows

@@ -22,6 +22,28 @@ class VideoInfo:
 
 
 @dataclass(frozen=True)
+class CacheReport:
+    """What --cache skipped of one generation: attention-layer evaluations, of those an uncached run makes."""
+
+    skipped_layers: int
+    total_layers: int
+
+    @property
+    def skipped_fraction(self) -> float:
+        """skipped / total, rounded to 3 places (0 when nothing ran)."""
+        return round(self.skipped_layers / self.total_layers, 3) if self.total_layers else 0.0
+
+
+def cache_fields(report: CacheReport) -> dict[str, float]:
+    """The report as an answer shows it (v1, OpenAI): the counts and the fraction."""
+    return {
+        "skipped_layers": report.skipped_layers,
+        "total_layers": report.total_layers,
+        "skipped_fraction": report.skipped_fraction,
+    }
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     """What one generation produced, encoded: image files, or one video file with its VideoInfo."""
 
@@ -32,6 +54,7 @@ class GenerationResult:
     width: int
     height: int
     video: VideoInfo | None = None
+    cache: CacheReport | None = None  # with --cache
 
     @property
     def content_type(self) -> str:

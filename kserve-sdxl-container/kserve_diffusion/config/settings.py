@@ -17,7 +17,10 @@ from types import NoneType, UnionType
 from typing import Any
 
 MODEL_TYPES = ("sdxl", "flux", "wan")
-DEVICES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload", "cpu")
+DEVICES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload", "group_offload", "cpu")
+CACHES = ("none", "first_block", "taylorseer", "mag")
+ATTENTION_BACKENDS = ("default", "native", "efficient", "cudnn", "flash", "flash3", "sage", "xformers", "flex")
+QUANTIZATIONS = ("none", "int8", "fp8", "nf4")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 FLUX_VARIANTS = ("auto", "dev", "schnell")
 COMPILE_MODES = ("none", "regional", "full")
@@ -106,7 +109,10 @@ class ServerConfig:
         exclusive_minimum=True,
     )
     device: str | None = setting(
-        None, "where the model runs", choices=DEVICES, default_text="cuda when available, else cpu"
+        None,
+        "where the model runs; group_offload keeps weights in CPU memory and streams blocks to the GPU",
+        choices=DEVICES,
+        default_text="cuda when available, else cpu",
     )
     dtype: str = setting(
         "auto",
@@ -140,6 +146,40 @@ class ServerConfig:
         choices=COMPILE_MODES,
     )
     fuse_qkv: bool = setting(False, "fuse the attention query/key/value projections")
+    cache: str = setting(
+        "none",
+        "reuse transformer computations between denoising steps (FLUX, Wan): first_block (First-Block-Cache), "
+        "taylorseer (TaylorSeer forecasts), mag (MagCache); faster, slightly different images",
+        choices=CACHES,
+    )
+    cache_threshold: float | None = setting(
+        None,
+        "first_block and mag: how much change is skipped (higher: faster, less faithful)",
+        minimum=0,
+        exclusive_minimum=True,
+        default_text="first_block 0.05, mag 0.06",
+    )
+    cache_interval: int = setting(5, "taylorseer: steps between full computations", minimum=1, maximum=100)
+    cache_start_step: int = setting(
+        3, "taylorseer and mag: the first steps always computed in full (TaylorSeer gathers its data there)", minimum=0
+    )
+    cache_mag_ratios: str | None = setting(
+        None,
+        "mag: the model's magnitude ratios, comma-separated (one per step of a calibration run)",
+        default_text="diffusers' FLUX.1 ratios for FLUX; required for Wan",
+    )
+    attention_backend: str = setting(
+        "default",
+        "attention kernel of the FLUX and Wan transformers (diffusers' set_attention_backend): native is PyTorch's "
+        "SDPA, flash/flash3/sage/xformers need their package and a GPU that runs them; checked at start-up",
+        choices=ATTENTION_BACKENDS,
+    )
+    quantize: str = setting(
+        "none",
+        "quantize the denoiser's weights (and FLUX's T5) while loading: int8 (torchao, weight-only; CPU too), fp8 "
+        "(torchao, a GPU with FP8: Ada, Hopper or newer), nf4 (bitsandbytes 4-bit); pip install .[gpu]",
+        choices=QUANTIZATIONS,
+    )
     channels_last: bool = setting(False, "channels_last memory format for the UNet and 2D VAEs")
     warmup: bool | None = setting(
         None,

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from ..config import ServerConfig
 from ..errors import ConfigError
-from . import flux, sdxl, wan
+from . import attention, cache, combinations, flux, sdxl, wan
 from .base import Family, Runner, StepObserver
 from .combined import CombinedRunner
 
@@ -26,8 +26,12 @@ def get_family(name: str) -> Family:
 
 
 def serving_family(config: ServerConfig) -> Family:
-    """What this server loads: --model_type's family, plus Wan video beside it with --video_model_id."""
+    """What this server loads: --model_type's family, plus Wan video beside it with --video_model_id; flags
+    that cannot work together are a ConfigError here, before anything loads."""
+    combinations.check(config)
     family = get_family(config.model_type)
+    cache.check_family(config, family.name)  # SDXL's UNet has neither cache hooks nor the attention dispatcher
+    attention.check_family(config, family.name)
     if not config.video_model_id:
         return family
     image_load = family.load

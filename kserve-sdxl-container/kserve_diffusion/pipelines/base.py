@@ -29,6 +29,10 @@ class StepObserver(Protocol):
         """diffusers' `callback_on_step_end`; may raise to stop the generation."""
         ...
 
+    def cache_skipped(self, skipped: int, total: int) -> None:
+        """Told after the pipeline call what --cache skipped: attention-layer evaluations, of `total`."""
+        ...
+
 
 def step_hooks(control: StepObserver | None) -> dict[str, Any]:
     """Pipeline keyword arguments that let `control` count, log and stop the denoising loop at each step."""

@@ -23,7 +23,7 @@ from ..api.request import GenerationRequest, Limits, fill, with_defaults
 from ..api.rules import check_family_fields, check_image_size, resolve_task
 from ..config import ServerConfig
 from ..errors import ConfigError, RequestError
-from . import devices, lora, speed
+from . import attention, cache, devices, lora, quantize, speed
 from .base import StepObserver, step_hooks, with_scheduler
 from .loading import load_pretrained, load_single_file_component
 from .schedulers import FLUX_SCHEDULERS, SchedulerFactory, build_scheduler, scheduler_name
@@ -88,11 +88,13 @@ class FluxRunner:
         inpaint: FluxInpaintPipeline,
         variant: str,
         adapters: lora.LoraAdapters | None = None,
+        denoiser_cache: cache.DenoiserCache | None = None,
     ):
         self.pipelines: dict[str, DiffusionPipeline] = {"text2img": base, "img2img": img2img, "inpaint": inpaint}
         self.variant_name = variant
         self.variant = VARIANTS[variant]
         self.adapters = adapters
+        self.cache = denoiser_cache
 
     def use_loras(self, request: GenerationRequest) -> lora.Activation | None:
         """Activate the request's adapters (accelerator thread)."""
@@ -169,7 +171,11 @@ class FluxRunner:
             kwargs.update(image=inputs.image, strength=request.strength)
         if request.task_type == "inpaint":
             kwargs["mask_image"] = inputs.mask
-        return scheduled(**kwargs).images
+        steps = request.num_inference_steps or 1
+        if request.task_type != "text2img":  # the image tasks run steps x strength of them
+            steps = int(steps * (request.strength or 1.0))
+        with cache.counted(self.cache, steps, control):
+            return scheduled(**kwargs).images
 
 
 def _check_options(config: ServerConfig) -> None:
@@ -186,6 +192,7 @@ def load(config: ServerConfig) -> FluxRunner:
     _check_options(config)
     devices.check_device(config.device)
     common: dict[str, Any] = {"dtype": devices.DTYPES[config.dtype], "token": config.hf_token}
+    quantize.check_loading(config, "--single_file_model" if config.single_file_model else None)
     if config.single_file_model:
         transformer = load_single_file_component(
             FluxTransformer2DModel,
@@ -197,7 +204,8 @@ def load(config: ServerConfig) -> FluxRunner:
         )
         base = load_pretrained(FluxPipeline, config.model_id, "--model_id", transformer=transformer, **common)
     else:
-        base = load_pretrained(FluxPipeline, config.model_id, "--model_id", **common)
+        quantization = quantize.quantization_config(config, "flux", config.model_id, "--model_id")
+        base = load_pretrained(FluxPipeline, config.model_id, "--model_id", quantization_config=quantization, **common)
     if config.flux_variant == "auto":
         variant, why = detect_variant(base.transformer.config, config.model_id)
         logger.info("serving %s: %s (set --flux_variant to override)", VARIANTS[variant].title, why)
@@ -218,5 +226,7 @@ def assemble(base: FluxPipeline, config: ServerConfig, variant: str) -> FluxRunn
         devices.apply_vae_options(pipeline, config)
         devices.place(pipeline, config.device)
     adapters = lora.open_adapters(base, "flux", config)  # before compiling: --compile needs its slots first
+    attention.apply_backend(pipelines, "flux", config)
+    denoiser_cache = cache.apply_cache(pipelines, "flux", config)  # its hooks too
     speed.apply_speed_options(pipelines, config)
-    return FluxRunner(base, img2img, inpaint, variant, adapters)
+    return FluxRunner(base, img2img, inpaint, variant, adapters, denoiser_cache)

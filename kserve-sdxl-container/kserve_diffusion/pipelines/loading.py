@@ -31,8 +31,8 @@ def load_pretrained(cls: type[DiffusionPipeline], model_id: str, flag: str, **kw
         raise ConfigError(f"{flag}: could not load {model_id}: {exc}") from exc
 
 
-def pipeline_class_name(model_id: str, flag: str, token: str | None = None) -> str:
-    """The pipeline class a diffusers folder or hub id names in its model_index.json."""
+def pipeline_index(model_id: str, flag: str, token: str | None = None) -> dict[str, Any]:
+    """The model_index.json of a diffusers folder or hub id."""
     if _looks_like_path(model_id):
         index = Path(model_id).expanduser() / "model_index.json"
         if not index.is_file():
@@ -42,7 +42,20 @@ def pipeline_class_name(model_id: str, flag: str, token: str | None = None) -> s
         config = DiffusionPipeline.load_config(model_id, token=token)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{flag}: could not read the model_index.json of {model_id}: {exc}") from exc
-    return str(config.get("_class_name", ""))
+    return dict(config)
+
+
+def pipeline_class_name(model_id: str, flag: str, token: str | None = None) -> str:
+    """The pipeline class a diffusers folder or hub id names in its model_index.json."""
+    return str(pipeline_index(model_id, flag, token).get("_class_name", ""))
+
+
+def present_components(model_id: str, flag: str, token: str | None = None) -> frozenset[str]:
+    """The components a diffusers folder or hub id has (model_index.json entries naming a class)."""
+    index = pipeline_index(model_id, flag, token)
+    return frozenset(
+        name for name, value in index.items() if isinstance(value, list) and len(value) == 2 and value[1] is not None
+    )
 
 
 def load_single_file(

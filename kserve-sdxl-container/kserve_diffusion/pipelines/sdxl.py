@@ -21,7 +21,7 @@ from ..api.request import GenerationRequest, Limits, fill, with_defaults
 from ..api.rules import check_family_fields, check_image_size, resolve_task
 from ..config import ServerConfig
 from ..errors import ConfigError, RequestError
-from . import devices, lora, speed
+from . import devices, lora, quantize, speed
 from .base import StepObserver, step_hooks, with_scheduler
 from .loading import load_pretrained, load_single_file
 from .schedulers import SDXL_SCHEDULERS, SchedulerFactory, build_scheduler, scheduler_name
@@ -244,6 +244,7 @@ def load(config: ServerConfig) -> SDXLRunner:
     image-to-image and inpainting pipelines built from the base's modules; then place them on the device."""
     devices.check_device(config.device)
     common: dict[str, Any] = {"dtype": devices.DTYPES[config.dtype], "token": config.hf_token}
+    quantize.check_loading(config, "--single_file_model" if config.single_file_model else None)
     if config.single_file_model:
         base = load_single_file(
             StableDiffusionXLPipeline,
@@ -254,7 +255,10 @@ def load(config: ServerConfig) -> SDXLRunner:
             **common,
         )
     else:
-        base = load_pretrained(StableDiffusionXLPipeline, config.model_id, "--model_id", **common)
+        quantization = quantize.quantization_config(config, "sdxl", config.model_id, "--model_id")
+        base = load_pretrained(
+            StableDiffusionXLPipeline, config.model_id, "--model_id", quantization_config=quantization, **common
+        )
     refiner = None
     if config.use_refiner:
         shared = {"text_encoder_2": base.text_encoder_2, "vae": base.vae}

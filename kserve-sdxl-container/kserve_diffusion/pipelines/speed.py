@@ -67,15 +67,16 @@ def channels_last(pipelines: list[DiffusionPipeline]) -> list[str]:
     return changed
 
 
-def compile_denoisers(pipelines: list[DiffusionPipeline], mode: str) -> list[str]:
+def compile_denoisers(pipelines: list[DiffusionPipeline], mode: str, fullgraph: bool = True) -> list[str]:
     """torch.compile the denoisers in place: `regional` compiles each repeated block (diffusers'
-    compile_repeated_blocks: compiled once, reused by every block), `full` the whole module."""
+    compile_repeated_blocks: compiled once, reused by every block), `full` the whole module. `fullgraph`
+    False lets Python hooks inside a block (--cache's) run between compiled graphs."""
     compiled = []
     for module in _denoisers(pipelines):
         if mode == "regional":
-            module.compile_repeated_blocks(fullgraph=True)
+            module.compile_repeated_blocks(fullgraph=fullgraph)
         else:
-            module.compile(fullgraph=True)
+            module.compile(fullgraph=fullgraph)
         compiled.append(type(module).__name__)
     return compiled
 
@@ -92,5 +93,5 @@ def apply_speed_options(pipelines: Iterable[DiffusionPipeline | None], config: S
         else:  # Wan: 3D convolutions only
             logger.warning("--channels_last: no 2D convolution module here to apply it to")
     if config.compile != "none":
-        compiled = compile_denoisers(loaded, config.compile)
+        compiled = compile_denoisers(loaded, config.compile, fullgraph=config.cache == "none")
         logger.info("%s torch.compile of %s (compiled on first use)", config.compile, ", ".join(compiled))

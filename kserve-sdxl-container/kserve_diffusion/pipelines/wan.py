@@ -16,9 +16,9 @@ from ..api.rules import check_family_fields, check_side, check_video_volume, res
 from ..config import ServerConfig
 from ..errors import ConfigError, RequestError
 from ..media import Video
-from . import devices, lora, speed
+from . import attention, cache, devices, lora, quantize, speed
 from .base import DecodeOutOfMemory, StepObserver, with_scheduler
-from .loading import load_pretrained, pipeline_class_name
+from .loading import load_pretrained, pipeline_index
 from .schedulers import WAN_SCHEDULERS, SchedulerFactory, build_scheduler, scheduler_name
 from .wan_variants import VARIANTS, WanVariant, detect_variant
 
@@ -81,6 +81,7 @@ class WanRunner:
         variant: str,
         flow_shift: float | None,
         adapters: lora.LoraAdapters | None = None,
+        denoiser_cache: cache.DenoiserCache | None = None,
     ):
         self.pipelines = pipelines
         self.variant_name = variant
@@ -90,6 +91,7 @@ class WanRunner:
         self.size_multiples = dict.fromkeys(self.tasks, self.variant.size_multiple)
         self.flow_shift = flow_shift
         self.adapters = adapters
+        self.cache = denoiser_cache
 
     @property
     def pipeline(self) -> DiffusionPipeline:
@@ -170,19 +172,22 @@ class WanRunner:
             extra["guidance_scale_2"] = request.video_guidance_scale_2
         steps = _StepCount(control)
         try:
-            frames = pipeline(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt if request.negative_prompt is not None else WAN_NEGATIVE_PROMPT,
-                height=request.video_height,
-                width=request.video_width,
-                num_frames=request.num_frames,
-                guidance_scale=request.video_guidance_scale,
-                num_inference_steps=request.num_inference_steps,
-                generator=torch.Generator("cpu").manual_seed(seed),
-                output_type="np",
-                callback_on_step_end=steps.on_step,
-                **extra,
-            ).frames[0]
+            with cache.counted(self.cache, request.num_inference_steps or 1, control):
+                frames = pipeline(
+                    prompt=request.prompt,
+                    negative_prompt=request.negative_prompt
+                    if request.negative_prompt is not None
+                    else WAN_NEGATIVE_PROMPT,
+                    height=request.video_height,
+                    width=request.video_width,
+                    num_frames=request.num_frames,
+                    guidance_scale=request.video_guidance_scale,
+                    num_inference_steps=request.num_inference_steps,
+                    generator=torch.Generator("cpu").manual_seed(seed),
+                    output_type="np",
+                    callback_on_step_end=steps.on_step,
+                    **extra,
+                ).frames[0]
         except torch.OutOfMemoryError as exc:
             if steps.done >= (request.num_inference_steps or 0) and not isinstance(exc, DecodeOutOfMemory):
                 raise DecodeOutOfMemory(str(exc).splitlines()[0] if str(exc) else "out of memory") from exc
@@ -197,12 +202,16 @@ def load(config: ServerConfig, model_id: str | None = None, flag: str = "--model
     devices.check_device(config.device)
     model_id = model_id or config.model_id
     dtype = devices.DTYPES[config.video_dtype if flag == "--video_model_id" else config.dtype]
-    class_name = pipeline_class_name(model_id, flag, token=config.hf_token)
+    index = pipeline_index(model_id, flag, token=config.hf_token)
+    class_name = str(index.get("_class_name", ""))
     cls = PIPELINE_CLASSES.get(class_name)
     if cls is None:
         raise ConfigError(f"{flag}: {model_id} is a {class_name}, not a Wan text- or image-to-video pipeline")
     dtypes = {"default": dtype, "vae": torch.float32}
-    pipeline = load_pretrained(cls, model_id, flag, dtype=dtypes, token=config.hf_token)
+    quantization = quantize.quantization_config(config, "wan", model_id, flag)
+    pipeline = load_pretrained(
+        cls, model_id, flag, dtype=dtypes, token=config.hf_token, quantization_config=quantization
+    )
     if not isinstance(pipeline.scheduler, UniPCMultistepScheduler):
         pipeline.scheduler = UniPCMultistepScheduler.from_config(
             pipeline.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True
@@ -244,5 +253,7 @@ def assemble(pipeline: DiffusionPipeline, config: ServerConfig) -> WanRunner:
     devices.place(pipeline, config.device)
     pipelines = task_pipelines(pipeline, variant)
     adapters = lora.open_adapters(pipeline, "wan", config)  # before compiling: --compile needs its slots first
+    attention.apply_backend(pipelines.values(), "wan", config)
+    denoiser_cache = cache.apply_cache(pipelines.values(), "wan", config)  # its hooks too
     speed.apply_speed_options(pipelines.values(), config)
-    return WanRunner(pipelines, variant, config.flow_shift, adapters)
+    return WanRunner(pipelines, variant, config.flow_shift, adapters, denoiser_cache)

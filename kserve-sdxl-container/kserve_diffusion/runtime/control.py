@@ -34,6 +34,11 @@ class RequestControl:
         # Set by a job: told (on the accelerator thread) when the request starts and after each step.
         self.on_started: Callable[[], None] | None = None
         self.on_progress: Callable[[int], None] | None = None  # the steps run so far
+        self.cache: tuple[int, int] | None = None  # --cache: (attention layers skipped, of these many)
+
+    def cache_skipped(self, skipped: int, total: int) -> None:
+        """What --cache skipped of this request (accelerator thread, after the pipeline call)."""
+        self.cache = (skipped, total)
 
     def started(self) -> None:
         """The worker took the request off the queue and is about to run it."""

@@ -22,6 +22,12 @@ STEPS = Counter(PREFIX + "denoising_steps", "Denoising steps run", ["task"])
 STEPS_PER_SECOND = Gauge(PREFIX + "denoising_steps_per_second", "Denoising steps per second of the last generation")
 IMAGES = Counter(PREFIX + "images", "Images produced")
 VIDEO_FRAMES = Counter(PREFIX + "video_frames", "Video frames produced")
+CACHE_SKIPPED = Counter(
+    PREFIX + "cache_skipped_layers", "--cache: attention-layer evaluations the cache skipped", ["task"]
+)
+CACHE_TOTAL = Counter(
+    PREFIX + "cache_total_layers", "--cache: attention-layer evaluations an uncached run would make", ["task"]
+)
 PEAK_MEMORY = Gauge(
     PREFIX + "peak_accelerator_memory_bytes", "Peak accelerator memory allocated during the last generation (0 on CPU)"
 )

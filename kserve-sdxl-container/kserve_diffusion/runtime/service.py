@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -21,7 +21,7 @@ from PIL import Image
 from .. import media
 from ..api.inputs import NO_INPUTS, InputImages
 from ..api.request import TASK_INPUTS, TASK_TYPES, VIDEO_TASKS, GenerationRequest, Limits, fill, parse_request
-from ..api.results import GenerationResult, encode_result
+from ..api.results import CacheReport, GenerationResult, encode_result
 from ..config import ServerConfig
 from ..errors import GenerationFailed, OutOfMemory, RequestError, ServingError, ShuttingDown
 from ..pipelines import Family, Runner
@@ -276,6 +276,9 @@ class GenerationService:
         else:
             encode = partial(encode_result, request, seed, timed.value, self.config.png_compress_level)
             result = await asyncio.get_running_loop().run_in_executor(self.encoder, encode)
+        if control.cache is not None:
+            result = replace(result, cache=CacheReport(*control.cache))
+            note += f" cache_skipped={result.cache.skipped_fraction:.0%}"
         self._record(request, control, timed.queue_wait, timed.run_time, result)
         if request.loras:
             note += " loras=" + ",".join(f"{choice.name}:{choice.scale:g}" for choice in request.loras)
@@ -326,6 +329,9 @@ class GenerationService:
         metrics.GENERATION_TIME.labels(task=task).observe(run_time)
         metrics.STEPS.labels(task=task).inc(control.steps)
         metrics.STEPS_PER_SECOND.set(control.steps / run_time if run_time > 0 else 0)
+        if result.cache is not None:
+            metrics.CACHE_SKIPPED.labels(task=task).inc(result.cache.skipped_layers)
+            metrics.CACHE_TOTAL.labels(task=task).inc(result.cache.total_layers)
         if result.video is not None:
             metrics.VIDEO_FRAMES.inc(result.video.num_frames)
         else:

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from .. import media
-from ..api.results import GenerationResult
+from ..api.results import GenerationResult, cache_fields
 from ..errors import RequestError
 
 
@@ -44,6 +44,8 @@ def _prediction(result: GenerationResult) -> dict[str, Any]:
     else:
         prediction["video"] = media.data_url(result.files[0], result.content_type)
         prediction.update(asdict(result.video))
+    if result.cache is not None:
+        prediction["cache"] = cache_fields(result.cache)
     return prediction
 
 

@@ -55,6 +55,8 @@ def build_response(request: InferRequest, result: GenerationResult, model_name: 
     if result.video is not None:
         # KServe's gRPC parameters carry strings, booleans and integers only: the duration is num_frames / fps.
         parameters.update({k: v for k, v in asdict(result.video).items() if isinstance(v, int)})
+    if result.cache is not None:  # integers: what gRPC parameters carry
+        parameters.update({f"cache_{k}": v for k, v in asdict(result.cache).items()})
     return InferResponse(
         response_id=request.id or str(uuid.uuid4()),
         model_name=model_name,

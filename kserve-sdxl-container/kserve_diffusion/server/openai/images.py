@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from ... import media
 from ...api.messages import quoted
 from ...api.request import MAX_PROMPT_CHARS
-from ...api.results import GenerationResult
+from ...api.results import GenerationResult, cache_fields
 from ...redact import loggable, request_id
 from .fields import check_served, form_value, is_true, our_fields, parse_size, upload_bytes
 from .schemas import (
@@ -175,6 +175,7 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
             output_format=result.output_format,  # type: ignore[arg-type]
             size=f"{result.width}x{result.height}",
             seed=result.seed,
+            cache=None if result.cache is None else cache_fields(result.cache),
         )
 
     return api

@@ -67,6 +67,9 @@ class ImagesResponse(BaseModel):
     output_format: Literal["png", "jpeg", "webp"]
     size: str = Field(description='"WIDTHxHEIGHT" of the images')
     seed: int = Field(description="the seed used (send it back as extra body `seed` for the same images)")
+    cache: dict[str, float] | None = Field(
+        None, description="with --cache: skipped_layers, total_layers and skipped_fraction of this generation"
+    )
 
 
 class ModelCard(BaseModel):
