@@ -39,6 +39,13 @@ CONFLICTS: tuple[Conflict, ...] = (
     ),
     Conflict(
         "--quantize {quantize}",
+        "--single_file_model",
+        lambda c: c.quantize != "none" and c.single_file_model is not None,
+        "weights are quantized while loading a diffusers folder or hub id (--model_id); convert the checkpoint "
+        "to a folder or leave --quantize none",
+    ),
+    Conflict(
+        "--quantize {quantize}",
         "--fuse_qkv",
         lambda c: c.quantize != "none" and c.fuse_qkv,
         "fusing concatenates the query, key and value weights, which quantized weights cannot be",

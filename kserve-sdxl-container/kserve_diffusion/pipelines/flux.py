@@ -192,7 +192,6 @@ def load(config: ServerConfig) -> FluxRunner:
     _check_options(config)
     devices.check_device(config.device)
     common: dict[str, Any] = {"dtype": devices.DTYPES[config.dtype], "token": config.hf_token}
-    quantize.check_loading(config, "--single_file_model" if config.single_file_model else None)
     if config.single_file_model:
         transformer = load_single_file_component(
             FluxTransformer2DModel,

@@ -128,16 +128,6 @@ def quantization_config(config: ServerConfig, family: str, model_id: str, flag: 
     return PipelineQuantizationConfig(quant_mapping=mapping)
 
 
-def check_loading(config: ServerConfig, single_file_flag: str | None) -> None:
-    """--quantize applies while loading a diffusers folder or hub id: with a single-file checkpoint it is a
-    start-up error naming both flags."""
-    if config.quantize != "none" and single_file_flag is not None:
-        raise ConfigError(
-            f"--quantize {config.quantize} with {single_file_flag}: weights are quantized while loading a diffusers "
-            "folder or hub id (--model_id); convert the checkpoint to a folder or leave --quantize none"
-        )
-
-
 def quantize_built(pipeline: Any, family: str, config: ServerConfig) -> list[str]:
     """The same torchao configs applied to an already built pipeline (the GPU benchmark's random-weight models,
     which no folder holds): int8 and fp8 only, since bitsandbytes quantizes while loading."""

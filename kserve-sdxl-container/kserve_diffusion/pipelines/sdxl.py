@@ -244,7 +244,6 @@ def load(config: ServerConfig) -> SDXLRunner:
     image-to-image and inpainting pipelines built from the base's modules; then place them on the device."""
     devices.check_device(config.device)
     common: dict[str, Any] = {"dtype": devices.DTYPES[config.dtype], "token": config.hf_token}
-    quantize.check_loading(config, "--single_file_model" if config.single_file_model else None)
     if config.single_file_model:
         base = load_single_file(
             StableDiffusionXLPipeline,
@@ -255,10 +254,8 @@ def load(config: ServerConfig) -> SDXLRunner:
             **common,
         )
     else:
-        quantization = quantize.quantization_config(config, "sdxl", config.model_id, "--model_id")
-        base = load_pretrained(
-            StableDiffusionXLPipeline, config.model_id, "--model_id", quantization_config=quantization, **common
-        )
+        quantized = {"quantization_config": quantize.quantization_config(config, "sdxl", config.model_id, "--model_id")}
+        base = load_pretrained(StableDiffusionXLPipeline, config.model_id, "--model_id", **quantized, **common)
     refiner = None
     if config.use_refiner:
         shared = {"text_encoder_2": base.text_encoder_2, "vae": base.vae}
