@@ -268,13 +268,15 @@ def wan_servers(
 ) -> Iterator[dict[str, ServerProcess]]:
     """The Wan variants no other server serves, started together (their start-ups overlap): "demo" is what
     `make demo` serves (the tiny SDXL with the tiny Wan2.2 TI2V-5B beside it, tiny LoRA adapters in --lora_dir),
-    the others serve model "wan" alone: Wan2.1 I2V, Wan2.2 T2V-A14B and I2V-A14B."""
+    the others serve model "wan" alone: Wan2.1 I2V, Wan2.2 T2V-A14B (with --cache first_block) and I2V-A14B."""
     logs = tmp_path_factory.mktemp("logs")
     demo = ["--model_id", str(tiny_models["sdxl"]), "--video_model_id", str(tiny_models["wan22_ti2v"])]
     alone = {"wan2.1-i2v": "wan_i2v", "wan2.2-t2v-a14b": "wan22_t2v", "wan2.2-i2v-a14b": "wan22_i2v"}
     servers = {"demo": ServerProcess([*demo, "--lora_dir", str(lora_dir)], logs / "demo.log")}
+    # The T2V-A14B server also runs --cache (a threshold that skips whatever First-Block-Cache may).
+    options = {"wan2.2-t2v-a14b": ["--cache", "first_block", "--cache_threshold", "10"]}
     for variant, model in alone.items():
-        args = ["--model_type", "wan", "--model_id", str(tiny_models[model])]
+        args = ["--model_type", "wan", "--model_id", str(tiny_models[model]), *options.get(variant, [])]
         servers[variant] = ServerProcess(args, logs / f"{variant}.log", model_name="wan")
     try:
         for server in servers.values():

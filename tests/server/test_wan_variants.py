@@ -87,6 +87,7 @@ def video_of(response: httpx.Response) -> tuple[dict, bytes]:
 @pytest.mark.parametrize(("variant", "task"), CASES)
 def test_frames_size_and_fps(variants: dict[str, Variant], variant: str, task: str) -> None:
     prediction, data = video_of(variants[variant].predict(**clip(task, fps=12, seed=3)))
+    prediction.pop("cache", None)  # the T2V-A14B server runs --cache (its own test)
     assert prediction == {
         "task_type": task,
         "seed": 3,
@@ -255,3 +256,28 @@ def test_openai_videos_on_an_image_to_video_model_needs_input_reference(variants
     served = variants["wan2.1-i2v"]
     answer = served.http.post("/openai/v1/videos", json={"prompt": "a fox", "seconds": 1})
     assert answer.status_code == 400 and "input_reference: this model makes video from an image" in answer.text
+
+
+def test_the_cache_reports_what_it_skipped_over_v1_v2_and_metrics(
+    variants: dict[str, Variant], servers: dict[str, ServerProcess]
+) -> None:
+    served = variants["wan2.2-t2v-a14b"]  # started with --cache first_block --cache_threshold 10
+    prediction, _ = video_of(served.predict(**clip("text2video", seed=6, num_inference_steps=4)))
+    report = prediction["cache"]
+    assert report["total_layers"] == 4 * 4 * 2  # 4 attention layers per expert call, 4 steps, CFG
+    assert 0 < report["skipped_layers"] < report["total_layers"]
+    assert report["skipped_fraction"] == round(report["skipped_layers"] / report["total_layers"], 3)
+    triton = httpclient.InferenceServerClient(served.server.url.removeprefix("http://"))
+    prompt = httpclient.InferInput("prompt", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"a fox running"], dtype=object))
+    parameters = {k: v for k, v in clip("text2video", seed=6, num_inference_steps=4).items() if k != "prompt"}
+    answer = triton.infer("wan", [prompt], parameters=parameters).get_response()["parameters"]
+    assert (answer["cache_skipped_layers"], answer["cache_total_layers"]) == (
+        report["skipped_layers"],
+        report["total_layers"],
+    )
+    metrics = served.http.get("/metrics").text
+    assert 'kserve_diffusion_cache_skipped_layers_total{task="text2video"}' in metrics
+    assert f"cache_skipped={report['skipped_fraction']:.0%}" in servers["wan2.2-t2v-a14b"].log()
+    uncached, _ = video_of(variants["wan2.2-i2v-a14b"].predict(**clip("img2video")))
+    assert "cache" not in uncached  # a server without --cache says nothing about it

@@ -61,6 +61,10 @@ def apply_backend(pipelines: Iterable[DiffusionPipeline], family: str, config: S
             module = getattr(pipeline, name, None)
             if module is not None:
                 denoisers.setdefault(id(module), module)
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    # set_attention_backend also makes its backend the process-wide default: restored if it cannot run.
+    previous, _ = _AttentionBackendRegistry.get_active_backend()
     for denoiser in denoisers.values():
         device = next(denoiser.parameters()).device
         if device.type == "cpu" and torch.cuda.is_available() and config.device != "cpu":
@@ -69,6 +73,9 @@ def apply_backend(pipelines: Iterable[DiffusionPipeline], family: str, config: S
             denoiser.set_attention_backend(backend)
             _probe(backend, device, denoiser.dtype)
         except Exception as exc:  # diffusers and the kernels raise many types: all mean "not here"
+            for module in denoisers.values():
+                module.reset_attention_backend()
+            _AttentionBackendRegistry.set_active_backend(previous)
             first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ConfigError(
                 f"--attention_backend {config.attention_backend}: cannot run on {device.type} with "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +163,18 @@ def counted(cache: DenoiserCache | None, steps: int, control: StepObserver | Non
     yield
     if control is not None:
         control.cache_skipped(cache.tally.skipped, cache.tally.total)
+
+
+# The tasks whose diffusers pipeline calls its transformer without naming a cache context (FLUX's image-to-image
+# and inpainting): their calls share one context, as the text-to-image pipeline's conditional calls do.
+UNNAMED_CONTEXT_TASKS = frozenset({"img2img", "inpaint"})
+
+
+def context(cache: DenoiserCache | None, pipeline: DiffusionPipeline, task: str | None) -> AbstractContextManager:
+    """The cache context a pipeline that sets none needs (the cache hooks keep their state per context)."""
+    if cache is None or task not in UNNAMED_CONTEXT_TASKS:
+        return nullcontext()
+    return pipeline.transformer.cache_context("cond")
 
 
 def _denoisers(pipelines: Iterable[DiffusionPipeline]) -> list[torch.nn.Module]:

@@ -174,7 +174,7 @@ class FluxRunner:
         steps = request.num_inference_steps or 1
         if request.task_type != "text2img":  # the image tasks run steps x strength of them
             steps = int(steps * (request.strength or 1.0))
-        with cache.counted(self.cache, steps, control):
+        with cache.counted(self.cache, steps, control), cache.context(self.cache, pipeline, request.task_type):
             return scheduled(**kwargs).images
 
 

@@ -94,15 +94,15 @@ def check_runs_here(config: ServerConfig) -> None:
     mode = config.quantize
     if mode == "none":
         return
+    cuda = _on_cuda(config)
+    if mode == "nf4" and not cuda:
+        raise ConfigError("--quantize nf4: bitsandbytes 4-bit needs a CUDA GPU (use int8 or fp8 on a CPU)")
     package = PACKAGES[mode]
     if importlib.util.find_spec(package) is None:
         raise ConfigError(
             f"--quantize {mode}: needs the {package} package, which is not installed (pip install '.[gpu]', "
             f"or pip install {package})"
         )
-    cuda = _on_cuda(config)
-    if mode == "nf4" and not cuda:
-        raise ConfigError("--quantize nf4: bitsandbytes 4-bit needs a CUDA GPU (use int8 or fp8 on a CPU)")
     if mode == "fp8" and cuda:
         capability = torch.cuda.get_device_capability()
         if capability < FP8_CAPABILITY:
