@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # SDXL base from one checkpoint file with model CPU offload, as the seed project ran it: the GPU
 # holds one model at a time, so SDXL base fits in 8 GB of VRAM.
+# VRAM guide (docs/deploy.md, from parameter counts): 8 GB: this default, or DEVICE=group_offload;
+# 12, 16, 24 GB and more: DEVICE=cuda.
 #
 #   ./start-base.sh                                            # /mnt/models/sd_xl_base_1.0.safetensors
 #   SINGLE_FILE_MODEL=/models/sd_xl_base_1.0.safetensors SINGLE_FILE_CONFIG=/models/sdxl-config ./start-base.sh

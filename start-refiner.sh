@@ -2,6 +2,8 @@
 # SDXL base + refiner, both from checkpoint files, with sequential CPU offload, as the seed project
 # ran them: layers move to the GPU one at a time (least VRAM, slowest). The refiner shares the
 # base's second text encoder and VAE, so those load once.
+# VRAM guide (docs/deploy.md, from parameter counts): 8 GB: this default, or DEVICE=group_offload (faster);
+# 12 GB: DEVICE=enable_model_cpu_offload; 16, 24 GB and more: DEVICE=cuda.
 #
 #   ./start-refiner.sh                          # /mnt/models/sd_xl_{base,refiner}_1.0.safetensors
 #   DEVICE=enable_model_cpu_offload ./start-refiner.sh --http_port 9000   # extra arguments pass through

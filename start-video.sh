@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Wan2.1 text-to-video, 1.3B, as the seed project ran it: 480p videos, model CPU offload
 # (the model card quotes 8.19 GB of VRAM for the 1.3B model at 480p).
+# VRAM guide (docs/deploy.md, from parameter counts): 8 GB: this default with --vae_tiling true; 12 and
+# 16 GB: this default; 24 GB and more: DEVICE=cuda. Wan2.2 and the 14B models: docs/video.md.
 #
 #   ./start-video.sh                                  # from the hub (needs network once)
 #   MODEL_ID=/models/Wan2.1-T2V-1.3B-Diffusers ./start-video.sh --http_port 9000
