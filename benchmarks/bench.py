@@ -91,9 +91,11 @@ def speed_options(plan: serving.Plan) -> list[dict[str, Any]]:
         "sdxl",
         {"height": size, "width": size, "num_inference_steps": plan.steps},
     )
-    options = ("eager", "fuse_qkv") if plan is serving.QUICK else tuple(gpu.SPEED_OPTIONS)
+    # SDXL's options: the caches and the attention backends are FLUX's and Wan's, quantization is for GPUs.
+    options = ("eager", "fuse_qkv") if plan is serving.QUICK else gpu.SDXL_CPU_OPTIONS
     rows = gpu.measure((case,), ("cpu",), options, gpu.TINY, runs=max(1, plan.repeats // 2), build_device="cpu")
-    return [{key: value for key, value in row.items() if "GPU" not in key and "H100" not in key} for row in rows]
+    drop = ("GPU", "H100", "cache skipped")
+    return [{key: value for key, value in row.items() if not any(word in key for word in drop)} for row in rows]
 
 
 def cpu_chart(results: dict[str, Any], path: Path) -> None:

@@ -37,6 +37,7 @@ SPEED_OPTIONS: dict[str, dict[str, Any]] = {
     "first_block cache": {"cache": "first_block"},
     "first_block cache + fp8 + compile regional": {"cache": "first_block", "quantize": "fp8", "compile": "regional"},
 }
+SDXL_CPU_OPTIONS = ("eager", "fuse_qkv", "channels_last", "compile regional", "compile full")  # make bench
 # Random weights change a lot between steps, so a cache skips far less than with a trained model.
 CACHE_NOTE = "cache skipped (random weights: not representative)"
 # Published latencies on an H100 (seconds), for the comparison column.

@@ -19,7 +19,7 @@ from kserve_diffusion.config import parse_config
 from kserve_diffusion.pipelines import serving_family
 from kserve_diffusion.pipelines.base import Runner
 
-from benchmarks import architectures, gpu
+from benchmarks import architectures, gpu, gpu_check
 from tests.conftest import ROOT, ServerProcess
 from tests.helpers import only_image, predict, small
 
@@ -145,3 +145,20 @@ def test_bench_quick_run_writes_its_results(tmp_path: Path) -> None:
     assert [row["requests with an adapter"][:5] for row in sections["i."]] == ["first", "switc", "the s"]
     assert all(row["ratio (median of pairs)"] > 0 for row in sections["i."])
     assert (tmp_path / "cpu.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_gpu_check_matrix_runs_its_option_sets_on_tiny_models() -> None:
+    """Every (case, option) of `make gpu-check` on the tiny models on the CPU (group offload needs CUDA)."""
+    smaller = {"height": 64, "width": 64, "num_inference_steps": 4}
+    video = {"video_width": 64, "video_height": 64, "num_frames": 5, "num_inference_steps": 4}
+    rows = []
+    for case, mode, option in gpu_check.MATRIX:
+        if mode != "cuda":
+            continue
+        fields = {**case.fields, **(video if case.family.startswith("wan") else smaller)}
+        rows += gpu.measure(
+            (dataclasses.replace(case, fields=fields),), ("cpu",), (option,), gpu.TINY, runs=1, build_device="cpu"
+        )
+    assert all(isinstance(row["latency (s)"], float) for row in rows), rows
+    cached = [row for row in rows if "cache" in row["option"]]
+    assert len(cached) == 2 and all(row[gpu.CACHE_NOTE].endswith("%") for row in cached)
