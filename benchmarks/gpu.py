@@ -186,7 +186,7 @@ def _runner(case: Case, builders: Builders, config: ServerConfig, build_device: 
     return wan.assemble(pipeline, config)
 
 
-class _Tally:
+class RecordingControl:
     """Stands in for the server's request control: lets every step run and keeps what --cache skipped."""
 
     def __init__(self) -> None:
@@ -228,7 +228,7 @@ def measure_case(case: Case, mode: str, option: str, builders: Builders, runs: i
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     times = []
-    tally = _Tally()
+    tally = RecordingControl()
     for _ in range(runs):
         started = time.perf_counter()
         runner.generate(request, 1, inputs, tally)

@@ -20,21 +20,10 @@ from kserve_diffusion.pipelines import devices, flux, wan
 from kserve_diffusion.testing import tiny
 from PIL import Image
 
+from benchmarks.gpu import RecordingControl
+
 WAN_CLIP = {"task_type": "text2video", "video_width": 64, "video_height": 64, "num_frames": 5}
 FLUX_IMAGE = {"height": 64, "width": 64}
-
-
-class Tally:
-    """The request control's part a runner talks to: every step runs; what --cache skipped is kept."""
-
-    def __init__(self) -> None:
-        self.cache: tuple[int, int] | None = None
-
-    def on_step(self, pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-        return callback_kwargs
-
-    def cache_skipped(self, skipped: int, total: int) -> None:
-        self.cache = (skipped, total)
 
 
 def load(tiny_models: dict[str, Path], key: str, **settings: Any) -> Any:
@@ -44,11 +33,13 @@ def load(tiny_models: dict[str, Path], key: str, **settings: Any) -> Any:
     return (flux if family == "flux" else wan).load(config)
 
 
-def generate(runner: Any, steps: int = 6, inputs: InputImages = NO_INPUTS, **fields: Any) -> tuple[np.ndarray, Tally]:
+def generate(
+    runner: Any, steps: int = 6, inputs: InputImages = NO_INPUTS, **fields: Any
+) -> tuple[np.ndarray, RecordingControl]:
     """One generation's pixels (an image, or a video's frames) and what its control was told."""
     shape = FLUX_IMAGE if runner.family == "flux" else WAN_CLIP
     request = parse_request({"prompt": "a fox", "num_inference_steps": steps, **shape, **fields}, DEFAULT_LIMITS)
-    tally = Tally()
+    tally = RecordingControl()
     output = runner.generate(runner.check(request, DEFAULT_LIMITS), 3, inputs, tally)
     return np.asarray(output[0] if isinstance(output, list) else output.frames), tally
 

@@ -16,6 +16,7 @@ from diffusers import DiffusionPipeline
 
 from ..config import ServerConfig
 from ..errors import ConfigError
+from .base import denoisers
 
 logger = logging.getLogger("kserve.diffusion")
 # --attention_backend value -> diffusers' backend name (AttentionBackendName), and what it needs.
@@ -55,17 +56,12 @@ def apply_backend(pipelines: Iterable[DiffusionPipeline], family: str, config: S
     if config.attention_backend == "default":
         return
     backend, needs = BACKENDS[config.attention_backend]
-    denoisers: dict[int, torch.nn.Module] = {}
-    for pipeline in pipelines:
-        for name in ("transformer", "transformer_2"):
-            module = getattr(pipeline, name, None)
-            if module is not None:
-                denoisers.setdefault(id(module), module)
+    transformers = denoisers(pipelines)
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
     # set_attention_backend also makes its backend the process-wide default: restored if it cannot run.
     previous, _ = _AttentionBackendRegistry.get_active_backend()
-    for denoiser in denoisers.values():
+    for denoiser in transformers:
         device = next(denoiser.parameters()).device
         if device.type == "cpu" and torch.cuda.is_available() and config.device != "cpu":
             device = torch.device("cuda")  # offloaded: it computes on the GPU
@@ -73,7 +69,7 @@ def apply_backend(pipelines: Iterable[DiffusionPipeline], family: str, config: S
             denoiser.set_attention_backend(backend)
             _probe(backend, device, denoiser.dtype)
         except Exception as exc:  # diffusers and the kernels raise many types: all mean "not here"
-            for module in denoisers.values():
+            for module in transformers:
                 module.reset_attention_backend()
             _AttentionBackendRegistry.set_active_backend(previous)
             first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -81,4 +77,4 @@ def apply_backend(pipelines: Iterable[DiffusionPipeline], family: str, config: S
                 f"--attention_backend {config.attention_backend}: cannot run on {device.type} with "
                 f"{str(denoiser.dtype).removeprefix('torch.')} ({first_line}); it needs {needs}"
             ) from None
-    logger.info("attention backend %s (%s) on %d transformer(s)", config.attention_backend, backend, len(denoisers))
+    logger.info("attention backend %s (%s) on %d transformer(s)", config.attention_backend, backend, len(transformers))

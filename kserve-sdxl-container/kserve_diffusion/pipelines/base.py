@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +32,17 @@ class StepObserver(Protocol):
     def cache_skipped(self, skipped: int, total: int) -> None:
         """Told after the pipeline call what --cache skipped: attention-layer evaluations, of `total`."""
         ...
+
+
+def denoisers(pipelines: Iterable[DiffusionPipeline | None]) -> list[torch.nn.Module]:
+    """The distinct UNets / transformers of `pipelines` (Wan2.2 A14B: both experts), in order."""
+    found: dict[int, torch.nn.Module] = {}
+    for pipeline in pipelines:
+        for name in ("unet", "transformer", "transformer_2"):
+            module = getattr(pipeline, name, None)
+            if module is not None:
+                found.setdefault(id(module), module)
+    return list(found.values())
 
 
 def step_hooks(control: StepObserver | None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from diffusers.models.attention_processor import Attention
 
 from ..config import ServerConfig
 from ..errors import ConfigError
-from .base import StepObserver
+from .base import StepObserver, denoisers
 
 logger = logging.getLogger("kserve.diffusion")
 CACHED_FAMILIES = ("flux", "wan")
@@ -117,20 +117,20 @@ PER_STEP_COUNT = frozenset({"mag"})
 class DenoiserCache:
     """The cache of one family's denoisers (FLUX: one transformer; Wan2.2 A14B: two), with its tally."""
 
-    def __init__(self, denoisers: list[torch.nn.Module], family: str, config: ServerConfig):
-        self.denoisers = denoisers
+    def __init__(self, modules: list[torch.nn.Module], family: str, config: ServerConfig):
+        self.denoisers = modules
         self.family = family
         self.config = config
         self.tally = SkipTally()
         self.steps: int | None = None
-        for denoiser in denoisers:
+        for denoiser in modules:
             layers = [module for module in denoiser.modules() if isinstance(module, (Attention, AttentionModuleMixin))]
             self.tally.layers += len(layers)
             for layer in layers:  # first: the innermost hook, so a skipped layer never reaches it
                 HookRegistry.check_if_exists_or_initialize(layer).register_hook(_Count(self._computed), _COUNTER)
         # Per denoiser call: every denoiser's layers are counted, but a call runs one denoiser's only.
-        self.tally.layers //= len(denoisers)
-        for denoiser in denoisers:
+        self.tally.layers //= len(modules)
+        for denoiser in modules:
             HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(_Count(self._called), _COUNTER)
         self.prepare(DEFAULT_STEPS)
 
@@ -177,16 +177,6 @@ def context(cache: DenoiserCache | None, pipeline: DiffusionPipeline, task: str 
     return pipeline.transformer.cache_context("cond")
 
 
-def _denoisers(pipelines: Iterable[DiffusionPipeline]) -> list[torch.nn.Module]:
-    found: dict[int, torch.nn.Module] = {}
-    for pipeline in pipelines:
-        for name in ("transformer", "transformer_2"):
-            module = getattr(pipeline, name, None)
-            if module is not None:
-                found.setdefault(id(module), module)
-    return list(found.values())
-
-
 def check_family(config: ServerConfig, family: str) -> None:
     """--cache on a family it cannot serve is a start-up error."""
     if config.cache != "none" and family not in CACHED_FAMILIES:
@@ -201,6 +191,6 @@ def apply_cache(pipelines: Iterable[DiffusionPipeline], family: str, config: Ser
     check_family(config, family)
     if config.cache == "none":
         return None
-    cache = DenoiserCache(_denoisers(pipelines), family, config)
+    cache = DenoiserCache(denoisers(pipelines), family, config)
     logger.info("--cache %s on %s (%d attention layers counted per step)", config.cache, family, cache.tally.layers)
     return cache

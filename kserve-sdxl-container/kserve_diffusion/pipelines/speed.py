@@ -15,19 +15,9 @@ from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
 from ..config import ServerConfig
+from .base import denoisers
 
 logger = logging.getLogger("kserve.diffusion")
-
-
-def _denoisers(pipelines: Iterable[DiffusionPipeline]) -> list[torch.nn.Module]:
-    """The distinct UNets / transformers of `pipelines`, in order."""
-    found: dict[int, torch.nn.Module] = {}
-    for pipeline in pipelines:
-        for name in ("unet", "transformer", "transformer_2"):  # Wan2.2 A14B has two experts
-            module = getattr(pipeline, name, None)
-            if module is not None:
-                found.setdefault(id(module), module)
-    return list(found.values())
 
 
 def _image_vaes(pipelines: Iterable[DiffusionPipeline]) -> list[AutoencoderKL]:
@@ -47,7 +37,7 @@ def _has_convolutions(module: torch.nn.Module) -> bool:
 def fuse_qkv(pipelines: list[DiffusionPipeline]) -> list[str]:
     """Fuse the attention input projections of every denoiser and 2D VAE: one matmul instead of three."""
     fused = []
-    for module in [*_denoisers(pipelines), *_image_vaes(pipelines)]:
+    for module in [*denoisers(pipelines), *_image_vaes(pipelines)]:
         module.fuse_qkv_projections()
         # The UNet and VAE attention (the classic Attention class) need the fused processor; FLUX's and
         # Wan's processors read the fused weights themselves.
@@ -60,7 +50,7 @@ def fuse_qkv(pipelines: list[DiffusionPipeline]) -> list[str]:
 def channels_last(pipelines: list[DiffusionPipeline]) -> list[str]:
     """NHWC memory format for the modules made of 2D convolutions (SDXL's UNet, the 2D VAEs)."""
     changed = []
-    for module in [*_denoisers(pipelines), *_image_vaes(pipelines)]:
+    for module in [*denoisers(pipelines), *_image_vaes(pipelines)]:
         if _has_convolutions(module):
             module.to(memory_format=torch.channels_last)
             changed.append(type(module).__name__)
@@ -72,7 +62,7 @@ def compile_denoisers(pipelines: list[DiffusionPipeline], mode: str, fullgraph: 
     compile_repeated_blocks: compiled once, reused by every block), `full` the whole module. `fullgraph`
     False lets Python hooks inside a block (--cache's) run between compiled graphs."""
     compiled = []
-    for module in _denoisers(pipelines):
+    for module in denoisers(pipelines):
         if mode == "regional":
             module.compile_repeated_blocks(fullgraph=fullgraph)
         else:
