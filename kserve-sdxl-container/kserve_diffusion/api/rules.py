@@ -145,6 +145,25 @@ def _scaled(side: int, ratio: float, multiple: int) -> int:
     return max(multiple, round(side * ratio / multiple) * multiple)
 
 
+def _follow_picture(
+    source: tuple[int, int], request: GenerationRequest, names: tuple[str, str], limits: Limits, multiple: int
+) -> tuple[int, int]:
+    """(width, height) when the request gives one of the sides `names` (width's, height's): the other keeps
+    the picture's aspect ratio, and is checked with a message that says so."""
+    source_width, source_height = source
+    width_name, height_name = names
+    how = f"follows the input image's {source_width}x{source_height} aspect ratio, so "
+    if width_name in request.model_fields_set:
+        width = getattr(request, width_name)
+        height = _scaled(width, source_height / source_width, multiple)
+        check_side(height_name, height, limits, multiple, how)
+    else:
+        height = getattr(request, height_name)
+        width = _scaled(height, source_width / source_height, multiple)
+        check_side(width_name, width, limits, multiple, how)
+    return width, height
+
+
 def output_size(source: tuple[int, int], request: GenerationRequest, limits: Limits, multiple: int) -> tuple[int, int]:
     """(width, height) for an input of size `source`: explicit sides win, a missing one keeps the aspect ratio,
     with none the input's own size is used, scaled down to the limits and rounded down to `multiple`."""
@@ -153,14 +172,10 @@ def output_size(source: tuple[int, int], request: GenerationRequest, limits: Lim
     if "width" in explicit and "height" in explicit:
         return request.width, request.height
     if "width" in explicit or "height" in explicit:
-        how = f"follows the input image's {source_width}x{source_height} aspect ratio, so "
-        if "width" in explicit:
-            width, height = request.width, _scaled(request.width, source_height / source_width, multiple)
-            check_side("height", height, limits, multiple, how)
-        else:
-            width, height = _scaled(request.height, source_width / source_height, multiple), request.height
-            check_side("width", width, limits, multiple, how)
-        check_pixels(width, height, limits, how)
+        width, height = _follow_picture(source, request, ("width", "height"), limits, multiple)
+        check_pixels(
+            width, height, limits, f"follows the input image's {source_width}x{source_height} aspect ratio, so "
+        )
         return width, height
     scale = min(
         1.0,
@@ -197,17 +212,10 @@ def video_output_size(
     (as Wan's authors size it), rounded down to `multiple`."""
     source_width, source_height = source
     explicit = request.model_fields_set & {"video_width", "video_height"}
-    how = f"follows the input image's {source_width}x{source_height} aspect ratio, so "
-    if explicit == {"video_width", "video_height"}:
+    if len(explicit) == 2:
         return request.video_width, request.video_height
-    if explicit == {"video_width"}:
-        width, height = request.video_width, _scaled(request.video_width, source_height / source_width, multiple)
-        check_side("video_height", height, limits, multiple, how)
-        return width, height
-    if explicit == {"video_height"}:
-        width, height = _scaled(request.video_height, source_width / source_height, multiple), request.video_height
-        check_side("video_width", width, limits, multiple, how)
-        return width, height
+    if explicit:
+        return _follow_picture(source, request, ("video_width", "video_height"), limits, multiple)
     assert request.video_resolution is not None, "the runner fills in the variant's video_resolution"
     area = VIDEO_AREAS[request.video_resolution]
     aspect = source_height / source_width

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,8 @@ def pipeline_index(model_id: str, flag: str, token: str | None = None) -> dict[s
     return dict(config)
 
 
-def pipeline_class_name(model_id: str, flag: str, token: str | None = None) -> str:
-    """The pipeline class a diffusers folder or hub id names in its model_index.json."""
-    return str(pipeline_index(model_id, flag, token).get("_class_name", ""))
-
-
-def present_components(model_id: str, flag: str, token: str | None = None) -> frozenset[str]:
-    """The components a diffusers folder or hub id has (model_index.json entries naming a class)."""
-    index = pipeline_index(model_id, flag, token)
+def present_components(index: Mapping[str, Any]) -> frozenset[str]:
+    """The components a model_index.json names a class for."""
     return frozenset(
         name for name, value in index.items() if isinstance(value, list) and len(value) == 2 and value[1] is not None
     )

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from ..config import ServerConfig
 from ..errors import ConfigError
-from .loading import present_components
+from .loading import pipeline_index, present_components
 
 logger = logging.getLogger("kserve.diffusion")
 # The components each family quantizes: its denoisers, and FLUX's T5-XXL (4.7B parameters, a third of
@@ -37,8 +37,8 @@ def _on_cuda(config: ServerConfig) -> bool:
     return config.device not in (None, "cpu") and torch.cuda.is_available()
 
 
-def _torchao(denoiser_config: Callable[[], Any], text_config: Callable[[], Any]) -> Callable[[str, bool], Any]:
-    def build(component: str, text: bool) -> Any:
+def _torchao(denoiser_config: Callable[[], Any], text_config: Callable[[], Any]) -> Callable[[bool], Any]:
+    def build(text: bool) -> Any:
         if text:
             from transformers import TorchAoConfig as TextTorchAoConfig
 
@@ -69,7 +69,7 @@ def _fp8_on(cuda: bool) -> Callable[[], Any]:
     return build
 
 
-def _nf4(component: str, text: bool) -> Any:
+def _nf4(text: bool) -> Any:
     kwargs = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.bfloat16}
     if text:
         from transformers import BitsAndBytesConfig as TextBitsAndBytesConfig
@@ -80,9 +80,9 @@ def _nf4(component: str, text: bool) -> Any:
     return BitsAndBytesConfig(**kwargs)
 
 
-# --quantize value -> (on CUDA?) -> (component, is a text encoder) -> its quantization config. T5 is kept at
+# --quantize value -> (on CUDA?) -> (is a text encoder?) -> a component's quantization config. T5 is kept at
 # int8 weight-only under fp8: its activations overflow FP8's range.
-MODES: dict[str, Callable[[bool], Callable[[str, bool], Any]]] = {
+MODES: dict[str, Callable[[bool], Callable[[bool], Any]]] = {
     "int8": lambda cuda: _torchao(_int8, _int8),
     "fp8": lambda cuda: _torchao(_fp8_on(cuda), _int8),
     "nf4": lambda cuda: _nf4,
@@ -113,17 +113,19 @@ def check_runs_here(config: ServerConfig) -> None:
             )
 
 
-def quantization_config(config: ServerConfig, family: str, model_id: str, flag: str) -> Any | None:
+def quantization_config(
+    config: ServerConfig, family: str, model_id: str, flag: str, index: Mapping[str, Any] | None = None
+) -> Any | None:
     """diffusers' PipelineQuantizationConfig for --quantize (None when off), for the components the folder or
-    hub id `model_id` has."""
+    hub id `model_id` has (its model_index.json: `index` when already read)."""
     if config.quantize == "none":
         return None
     check_runs_here(config)
-    present = present_components(model_id, flag, config.hf_token)
+    present = present_components(index if index is not None else pipeline_index(model_id, flag, config.hf_token))
     from diffusers import PipelineQuantizationConfig
 
     build = MODES[config.quantize](_on_cuda(config))
-    mapping = {name: build(name, name in TEXT_ENCODERS) for name in COMPONENTS[family] if name in present}
+    mapping = {name: build(name in TEXT_ENCODERS) for name in COMPONENTS[family] if name in present}
     logger.info("--quantize %s: %s", config.quantize, ", ".join(mapping))
     return PipelineQuantizationConfig(quant_mapping=mapping)
 
@@ -144,6 +146,6 @@ def quantize_built(pipeline: Any, family: str, config: ServerConfig) -> list[str
         module = getattr(pipeline, name, None)
         if module is not None:
             text = name in TEXT_ENCODERS
-            quantize_(module, build(name, text).quant_type)
+            quantize_(module, build(text).quant_type)
             done.append(name)
     return done

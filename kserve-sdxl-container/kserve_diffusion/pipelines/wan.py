@@ -208,7 +208,7 @@ def load(config: ServerConfig, model_id: str | None = None, flag: str = "--model
     if cls is None:
         raise ConfigError(f"{flag}: {model_id} is a {class_name}, not a Wan text- or image-to-video pipeline")
     dtypes = {"default": dtype, "vae": torch.float32}
-    quantization = quantize.quantization_config(config, "wan", model_id, flag)
+    quantization = quantize.quantization_config(config, "wan", model_id, flag, index)
     pipeline = load_pretrained(
         cls, model_id, flag, dtype=dtypes, token=config.hf_token, quantization_config=quantization
     )
