@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from kserve import logging as kserve_logging
 from kserve.logging import logger
 
+from . import startup_notes
 from .config import parse_config
 from .errors import ConfigError
 from .jobs.stores import open_store
@@ -24,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(argv)
         if config.configure_logging:
             kserve_logging.configure_logging(config.log_config_file)
+        startup_notes.install()  # before the imports whose warnings it rewrites
         store = open_store(config)  # an unreachable Redis stops the start here, before the model loads
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging

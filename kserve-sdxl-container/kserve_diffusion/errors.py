@@ -107,6 +107,23 @@ class JobFinished(ServingError, grpc_errors.FailedPrecondition):
     outcome = "invalid"
 
 
+class TooManyJobs(ServingError, grpc_errors.ResourceExhausted):
+    """One caller holds --max_jobs_per_owner unfinished jobs: 429 with Retry-After."""
+
+    http_status = 429
+    outcome = "rejected"
+
+    def __init__(self, message: str, retry_after: int = 30):
+        super().__init__(message, {"Retry-After": str(retry_after)})
+
+
+class JobStoreLost(ServingError, grpc_errors.Unavailable):
+    """The store no longer holds a running job's record (evicted, or Redis lost its data): the job stops."""
+
+    http_status = 503
+    outcome = "error"
+
+
 class JobStoreUnavailable(ServingError, grpc_errors.Unavailable):
     """The job store cannot take or answer jobs now (unreachable, or full): 503 with Retry-After."""
 

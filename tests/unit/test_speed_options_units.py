@@ -60,8 +60,8 @@ def test_compatible_flags_pass() -> None:
 def test_options_for_transformers_are_startup_errors_on_sdxl(settings: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         serving_family(defaults(model_type="sdxl", **settings))
-    cache.check_family(defaults(model_type="flux", **settings), "flux")  # FLUX and Wan take them
-    attention.check_family(defaults(model_type="wan", **settings), "wan")
+    cache.check_family(defaults(model_type="flux", **settings), ("flux",))  # FLUX and Wan take them
+    attention.check_family(defaults(model_type="wan", **settings), ("wan",))
 
 
 def test_quantize_says_what_this_machine_lacks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,23 @@ def shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+JSON_TYPES = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def type_name(value: Any) -> str:
+    """What kind of JSON value a client sent, without its content (for fields that may hold secrets)."""
+    if value is None:
+        return "null"
+    return JSON_TYPES.get(type(value), f"a {type(value).__name__} value")
+
+
 class CompleteProblem(ValueError):
     """A validator's message that already shows the value it is about (the field name is added, nothing else)."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ MODEL_SERVER_FLAGS = (
     "ssl_certfile",
     "ssl_keyfile",
 )
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")  # RFC 9110 token
 ENV_FILE_HELP = "dotenv file read for settings not given on the command line or in the environment"
 
 
@@ -89,6 +91,31 @@ def _auto_dtype(model_type: str, device: str) -> str:
     return ACCELERATOR_DTYPES[model_type] if device != "cpu" else "float32"
 
 
+def read_api_keys(text: str | None) -> tuple[str, ...]:
+    """--api_keys: a comma-separated list, or @/path with one key a line (blank lines and # comments skipped).
+    A key is printable ASCII without spaces; errors never show a key."""
+    if text is None:
+        return ()
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ConfigError(f"--api_keys: cannot read the key file {str(path)[:200]!r}: {reason}") from None
+        keys = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        where = f"the key file {str(path)[:200]!r}"
+    else:
+        keys = [part.strip() for part in text.split(",") if part.strip()]
+        where = "the list"
+    if not keys:
+        raise ConfigError(f"--api_keys: {where} holds no key")
+    for number, key in enumerate(keys, 1):
+        if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+            raise ConfigError(f"--api_keys: key {number} of {where} is not printable ASCII without spaces")
+    return tuple(dict.fromkeys(keys))
+
+
 def _resolve(values: dict[str, Any], cuda_available: Callable[[], bool], workers: int) -> None:
     """Work out the defaults that depend on other settings, and refuse contradictory ones."""
     if values["device"] is None:
@@ -115,6 +142,10 @@ def _resolve(values: dict[str, Any], cuda_available: Callable[[], bool], workers
             f"--job_store: expected memory or a Redis URL (redis://host:port/db, rediss://, unix://), "
             f"got {without_password(store)!r}"
         )
+    values["api_key_values"] = read_api_keys(values["api_keys"])
+    owner_header = values["job_owner_header"]
+    if owner_header is not None and not _HEADER_NAME.fullmatch(owner_header):
+        raise ConfigError(f"--job_owner_header: expected an HTTP header name, got {owner_header[:100]!r}")
     refiner_given = bool(values["refiner_id"] or values["refiner_single_file_model"])
     if values["use_refiner"] is None:
         values["use_refiner"] = refiner_given

@@ -57,11 +57,14 @@ def setting(
     maximum: float | None = None,
     exclusive_minimum: bool = False,
     default_text: str | None = None,
+    secret: bool = False,
 ) -> Any:
     """A ServerConfig field that is also a flag (--NAME), an environment variable (NAME upper-cased) and a
-    `.env` entry. `default_text` describes a default that is worked out at startup (shown instead of None)."""
+    `.env` entry. `default_text` describes a default that is worked out at startup (shown instead of None);
+    a `secret` one is never part of the configuration's repr (so never in a log line)."""
     bounds = Bounds(choices, minimum, maximum, exclusive_minimum)
-    return field(default=default, metadata={"setting": {"help": help, "bounds": bounds, "default_text": default_text}})
+    meta = {"setting": {"help": help, "bounds": bounds, "default_text": default_text}}
+    return field(default=default, repr=not secret, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -247,12 +250,46 @@ class ServerConfig:
         "only) or a Redis URL, redis://[:password@]host:port/db (shared by every replica that names it)",
     )
     max_jobs: int = setting(
-        1000, "most jobs kept (memory store); the oldest finished ones are forgotten first", minimum=1
+        1000,
+        "most jobs kept (in memory or in Redis); the oldest finished ones are forgotten first, those without a result "
+        "(cancelled, failed) before those with one",
+        minimum=1,
     )
     max_job_result_bytes: int = setting(
         1_000_000_000,
-        "most bytes of finished jobs' results kept in the server's memory (memory store); the oldest finished "
-        "ones are forgotten first, and a larger result fails its job with a 507",
+        "most bytes of finished jobs' results kept (in memory or in Redis); the oldest finished ones are forgotten "
+        "first, and a larger result fails its job with a 507",
+        minimum=1,
+    )
+    max_jobs_per_owner: int = setting(
+        100,
+        "most jobs one caller (an API key, a bearer token, or --job_owner_header's value; callers without an "
+        "identity count as one) may have kept at once; its oldest finished ones are forgotten first, and with "
+        "all of them unfinished a new one is a 429",
+        minimum=1,
+    )
+    job_owner_header: str | None = setting(
+        None,
+        "request header an authenticating proxy sets to the caller's identity (e.g. X-Forwarded-User from "
+        "OpenShift's oauth-proxy); jobs belong to it. Without it a job belongs to the SHA-256 of the request's "
+        "bearer token",
+        default_text="none: the bearer token's hash",
+    )
+    api_keys: str | None = setting(
+        None,
+        "API keys callers must send as Authorization: Bearer KEY on every route but health, readiness and "
+        "/metrics (REST and gRPC): a comma-separated list, or @/path/to/file with one key a line",
+        default_text="none: no key is asked for (put authentication in front)",
+        secret=True,
+    )
+    max_event_streams: int = setting(
+        256,
+        "job event streams (Server-Sent Events) open at once per replica, counted when admitted; more are a 503",
+        minimum=1,
+    )
+    max_concurrent_downloads: int = setting(
+        8,
+        "job results and video files streamed to clients at once per replica; more are a 503 with Retry-After",
         minimum=1,
     )
     job_ttl_seconds: float = setting(
@@ -287,6 +324,7 @@ class ServerConfig:
     model_name: str = "sdxl"  # KServe's --model_name
     video_dtype: str = "float32"  # the dtype of a --video_model_id model (--dtype auto resolves per family)
     hf_token: str | None = field(default=None, repr=False)  # a secret: never printed
+    api_key_values: tuple[str, ...] = field(default=(), repr=False)  # --api_keys read (from its file): secrets
     configure_logging: bool = True
     log_config_file: str | None = None
     model_server: Mapping[str, Any] = field(default_factory=dict)  # KServe flags for kserve.ModelServer
@@ -356,7 +394,9 @@ class Setting:
             value <= bounds.minimum if bounds.exclusive_minimum else value < bounds.minimum
         )
         too_high = bounds.maximum is not None and value > bounds.maximum
-        if too_low or too_high or value != value:  # NaN is never in range
+        if not math.isfinite(value):  # NaN and infinity: a TTL or timeout of infinity overflows later
+            raise ValueError(f"expected a finite number, {self.describe_allowed()}, got {text!r}")
+        if too_low or too_high:
             raise ValueError(f"expected {self.describe_allowed()}, got {text!r}")
         return value
 

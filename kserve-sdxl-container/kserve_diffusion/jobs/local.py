@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..api.request import GenerationRequest
-from ..errors import JobCancelled, JobStoreUnavailable
+from ..errors import JobCancelled, JobStoreLost, JobStoreUnavailable
 from ..runtime import metrics
 from ..runtime.control import RequestControl
 from ..runtime.service import Prepared
-from ..runtime.worker import GenerationWorker
+from ..runtime.worker import GenerationWorker, Reservation
 from .records import JobRecord, log_ref
 from .store import JobStore
 
@@ -43,6 +43,7 @@ class LocalJob:
     controls: list[RequestControl]
     waiting_ahead: int  # requests queued ahead of it at submission
     dequeued_at_submission: int
+    reservation: Reservation  # its place in the queue, held until it ends
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     steps_done: int = 0  # steps of its finished instances
     last_progress: float = 0.0  # monotonic time of the last progress write
@@ -51,6 +52,7 @@ class LocalJob:
     task: asyncio.Task[None] | None = None
     position: int | None = None  # the queue position last written
     started: bool = False
+    lost: bool = False  # the store no longer holds its record
 
     @property
     def ref(self) -> str:
@@ -130,8 +132,29 @@ class LocalJobs:
         except JobStoreUnavailable:
             metrics.JOB_STORE_ERRORS.inc()
             return
-        if record is None or record.status == "cancelled":
+        if record is None:
+            self.lose(job)
+        elif record.status == "cancelled":
             self.stop(job.id)
+
+    def lose(self, job: LocalJob) -> None:
+        """The store no longer holds the job's record: "store lost" (log, metric), the job stops. A job that was
+        cancelled first and then deleted (OpenAI's delete) is not lost: it was forgotten on purpose."""
+        if job.lost:
+            return
+        job.lost = True
+        if job.stop.is_set():
+            logger.info("job=%s stopped; it was deleted", job.ref)
+            return
+        metrics.JOB_STORE_LOST.inc()
+        logger.error(
+            "job=%s: the job store no longer holds this job (evicted by a Redis maxmemory-policy, or Redis lost its "
+            "data); stopping it. Run Redis with maxmemory-policy noeviction (docs/jobs.md)",
+            job.ref,
+        )
+        for control in job.controls:
+            control.cancel(JobStoreLost, "the job store lost the job")
+        job.stop.set()
 
     def queued_eta(self, ahead: int) -> float | None:
         """Seconds until a job with `ahead` requests queued before it is done: those, the running one and

@@ -24,6 +24,7 @@ from ..errors import (
     JobCancelled,
     JobFinished,
     JobNotFound,
+    JobStoreLost,
     JobStoreUnavailable,
     RequestError,
     ServingError,
@@ -34,10 +35,13 @@ from ..runtime.service import GenerationService
 from . import events
 from .local import LocalJob, LocalJobs, planned_steps
 from .records import JobRecord, is_job_id, log_ref, new_job_id
-from .store import JobStore
+from .store import JobStore, Page, StoredResult, Stream
 
 logger = logging.getLogger("kserve.diffusion")
-Render = Callable[[list[GenerationResult]], bytes]  # a job's results as the stored predictions (JSON)
+Render = Callable[[list[GenerationResult], str], StoredResult]  # a job's results (and its api) as stored
+END_RETRY_FIRST = 0.5  # seconds before the first retry of a job's end; doubled each time, up to END_RETRY_MOST
+END_RETRY_MOST = 10.0
+END_RETRY_AT_LEAST = 60.0  # a job that ends at its deadline still gets this long to record its end
 RESUBMIT = "the server shut down before the job finished; submit it again (another replica will run it)"
 NOT_FOUND = "no job with this id here (ids come from a submission; finished jobs are forgotten after a while)"
 
@@ -77,49 +81,67 @@ class JobManager:
         request_id: str,
         api: str = "kserve",
         describe: Callable[[list[GenerationRequest]], dict[str, Any]] | None = None,
+        owner: str | None = None,
     ) -> JobRecord:
-        """Check the request as a synchronous one would be, then queue it as a job; the job's first record.
-        `describe` gives what an API shows of the checked requests (kept in the record's `extra`)."""
+        """Check the request as a synchronous one would be, take its place in the queue, then keep it as a job
+        of `owner`; the job's first record. `describe` gives what an API shows of the checked requests (kept in
+        the record's `extra`). A job accepted here runs: its queue place is held until it ends."""
         prepared = await self.service.prepare(instances)
         worker = self.service.worker
+        waiting_ahead = worker.waiting
+        reservation = worker.reserve()  # ServerBusy (503) now, never a job that fails later for a full queue
         record = JobRecord(
             id=new_job_id(),
             model=self.service.name,
             created_at=time.time(),
             total_steps=sum(planned_steps(item.request) for item in prepared),
             api=api,
-            queue_position=worker.waiting,
-            eta_seconds=self.local.queued_eta(worker.waiting),
+            owner=owner,
+            queue_position=waiting_ahead,
+            eta_seconds=self.local.queued_eta(waiting_ahead),
             extra=describe([item.request for item in prepared]) if describe else {},
         )
-        await self.store.create(record)
+        try:
+            await self.store.create(record)
+        except BaseException:
+            reservation.release()
+            raise
         job = LocalJob(
             record.id,
             prepared,
             [self.service.control(item.request, request_id) for item in prepared],  # deadlines from submission
-            waiting_ahead=worker.waiting,
+            waiting_ahead=waiting_ahead,
             dequeued_at_submission=worker.dequeued,
-            position=worker.waiting,
+            position=waiting_ahead,
+            reservation=reservation,
         )
         self.local.jobs[job.id] = job
-        job.task = asyncio.create_task(self._run(job))
+        job.task = asyncio.create_task(self._run(job, api))
         metrics.JOBS.labels(status="queued").inc()
         logger.info("request=%s job=%s submitted (%d instance(s))", request_id, job.ref, len(prepared))
         return record
 
-    async def _run(self, job: LocalJob) -> None:
+    async def _run(self, job: LocalJob, api: str) -> None:
         results: list[GenerationResult] = []
         try:
             for index, (item, control) in enumerate(zip(job.items, job.controls, strict=True)):
                 self.local.watch_worker(job, control, first=index == 0)
-                results.append(await self.service.run(item, control, job.stop, note=f" job={job.ref}"))
+                if index:
+                    job.reservation.hold_again()
+                note = f" job={job.ref}"
+                results.append(await self.service.run(item, control, job.stop, note, job.reservation))
                 job.steps_done += control.steps
-            body = await asyncio.get_running_loop().run_in_executor(None, self.render, results)
+            job.reservation.release()
+            stored = await asyncio.get_running_loop().run_in_executor(None, self.render, results, api)
             limit = self.store.max_result_bytes
-            if limit is not None and len(body) > limit:
-                await self._end(job, "failed", {"status": 507, "message": _too_large(len(body), limit)})
+            if limit is not None and stored.size > limit:
+                await self._end(job, "failed", {"status": 507, "message": _too_large(stored.size, limit)})
+            elif not await self.store.room_for(stored.size):
+                await self._end(job, "failed", {"status": 507, "message": _no_room(stored.size)})
             else:
-                await self._end(job, "succeeded", result=body)
+                await self._end(job, "succeeded", result=stored)
+        except JobStoreLost:
+            return  # logged and counted where it was found; there is no record left to write to
         except JobCancelled:
             await self._end(job, "cancelled")
         except ShuttingDown:
@@ -135,22 +157,37 @@ class JobManager:
             message = f"the job failed; the server log has details under job {job.ref}"
             await self._end(job, "failed", {"status": 500, "message": message})
         finally:
+            job.reservation.release()
             self.local.jobs.pop(job.id, None)
 
     async def _end(
-        self, job: LocalJob, status: str, error: dict[str, Any] | None = None, result: bytes | None = None
+        self, job: LocalJob, status: str, error: dict[str, Any] | None = None, result: StoredResult | None = None
     ) -> None:
-        """Write the job's end, unless it has one (a cancel that came first wins)."""
+        """Write the job's end, unless it has one (a cancel that came first wins); retried with backoff while the
+        store is unavailable, until the job's deadline (at least END_RETRY_AT_LEAST seconds)."""
 
         def end(record: JobRecord) -> JobRecord | None:
-            return None if record.finished else record.ended(status, error, len(result or b""))
+            return None if record.finished else record.ended(status, error, result.size if result else 0)
 
         await self.local.settle(job)
-        try:
-            record, changed = await self.store.update(job.id, end, result)
-        except JobStoreUnavailable:
-            metrics.JOB_STORE_ERRORS.inc()
-            logger.error("job=%s ended %s but the job store could not record it", job.ref, status)
+        give_up = time.monotonic() + max(job.controls[0].remaining(), END_RETRY_AT_LEAST)
+        delay = END_RETRY_FIRST
+        while True:
+            try:
+                record, changed = await self.store.update(job.id, end, result)
+                break
+            except JobStoreUnavailable as exc:
+                metrics.JOB_STORE_ERRORS.inc()
+                if time.monotonic() + delay > give_up:
+                    logger.error("job=%s ended %s but the job store could not record it: %s", job.ref, status, exc)
+                    return
+                if delay == END_RETRY_FIRST:
+                    logger.warning("job=%s ended %s; the job store cannot record it yet, retrying", job.ref, status)
+                metrics.JOB_END_RETRIES.inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, END_RETRY_MOST)
+        if record is None:
+            self.local.lose(job)
             return
         if changed:
             metrics.JOBS.labels(status=status).inc()
@@ -158,15 +195,16 @@ class JobManager:
         elif record is not None:
             logger.info("job=%s stopped; it was already %s", job.ref, record.status)
 
-    async def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued or running job (any replica's); JobFinished (409) when it has already ended."""
+    async def cancel(self, job_id: str, caller: str | None) -> JobRecord:
+        """Cancel `caller`'s queued or running job (any replica's); JobNotFound (404) for another owner's,
+        JobFinished (409) when it has already ended."""
 
         def cancelled(record: JobRecord) -> JobRecord | None:
-            return None if record.finished else record.ended("cancelled")
+            return None if record.finished or not record.visible_to(caller) else record.ended("cancelled")
 
         self._check_id(job_id)
         record, changed = await self.store.update(job_id, cancelled)
-        if record is None:
+        if record is None or not record.visible_to(caller):
             raise JobNotFound(NOT_FOUND)
         if not changed:
             raise JobFinished(
@@ -178,40 +216,53 @@ class JobManager:
         logger.info("job=%s cancelled", log_ref(job_id))
         return record
 
-    async def forget(self, job_id: str) -> None:
-        """Cancel the job if it has not ended, then forget it and its result (OpenAI's delete)."""
+    async def forget(self, job_id: str, caller: str | None) -> None:
+        """Cancel `caller`'s job if it has not ended, then forget it and its result (OpenAI's delete)."""
         with contextlib.suppress(JobFinished):
-            await self.cancel(job_id)
+            await self.cancel(job_id, caller)
         await self.store.delete(job_id)
 
     def _check_id(self, job_id: str) -> None:
         if not is_job_id(job_id):  # not even the shape of an id: no store lookup
             raise JobNotFound(NOT_FOUND)
 
-    async def get(self, job_id: str) -> JobRecord:
-        """The job; JobNotFound (404) when there is none."""
+    async def get(self, job_id: str, caller: str | None) -> JobRecord:
+        """The job as `caller` may see it; JobNotFound (404) when there is none, or it is another owner's (the
+        same answer: nobody learns that an id exists)."""
         self._check_id(job_id)
         record = await self.store.get(job_id)
-        if record is None:
+        if record is None or not record.visible_to(caller):
             raise JobNotFound(NOT_FOUND)
         return record
 
-    async def result(self, job_id: str) -> bytes | None:
-        """The stored predictions (JSON) of a succeeded job."""
-        return await self.store.result(job_id)
+    async def read(self, job_id: str, part: str = "result") -> Stream | None:
+        """A succeeded job's stored part in chunks (check the caller with `get` first)."""
+        return await self.store.read(job_id, part)
 
-    async def recent(self, limit: int, api: str | None = None) -> list[JobRecord]:
-        """The newest jobs first."""
-        return await self.store.recent(limit, api)
+    async def recent(
+        self, caller: str | None, api: str, limit: int, after: str | None = None, ascending: bool = False
+    ) -> Page:
+        """`caller`'s jobs made through `api`, newest first; nothing for a caller without an identity."""
+        if caller is None:
+            return Page([], False)
+        return await self.store.recent(caller, api, limit, after, ascending)
 
-    async def events(self, job_id: str) -> AsyncIterator[tuple[str, JobRecord | None]]:
+    async def events(self, job_id: str, caller: str | None) -> AsyncIterator[tuple[str, JobRecord | None]]:
         """The job's events until it ends (see `events.follow`); JobNotFound first when there is no such job."""
-        async for event in events.follow(self.store, job_id, self.get):
+
+        async def get(wanted: str) -> JobRecord:
+            return await self.get(wanted, caller)
+
+        async for event in events.follow(self.store, job_id, get):
             yield event
 
 
 def _ended_as(status: str) -> str:
     return {"succeeded": "succeeded", "failed": "failed", "cancelled": "been cancelled"}[status]
+
+
+def _no_room(size: int) -> str:
+    return f"the job store has no room for the result ({size} bytes) now (--max_job_result_bytes); submit it again"
 
 
 def _too_large(size: int, limit: int) -> str:

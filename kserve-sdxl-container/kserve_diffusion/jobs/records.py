@@ -45,6 +45,7 @@ class JobRecord:
     created_at: float
     total_steps: int  # an estimate until the job finishes: denoising steps over all its instances
     api: str = "kserve"  # which routes made it: kserve (/jobs, respond-async) or openai (/videos)
+    owner: str | None = None  # a digest of the caller's identity (server/auth.py); None: reachable by id alone
     status: str = "queued"
     step: int = 0
     step_at: float | None = None  # Unix time the last step written finished (on the accelerator thread)
@@ -89,6 +90,10 @@ class JobRecord:
             step=step,
             total_steps=total,
         )
+
+    def visible_to(self, caller: str | None) -> bool:
+        """Whether `caller` may see the job: its owner, or anyone with the id when it was made without one."""
+        return self.owner is None or self.owner == caller
 
     def to_json(self) -> bytes:
         """The stored form."""

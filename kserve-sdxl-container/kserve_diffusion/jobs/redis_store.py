@@ -1,10 +1,17 @@
 """The Redis job store: job records, results, changes and cancels shared by every replica of a model.
 
-Keys live under `kserve-diffusion:{model}:` so several models can share one Redis. A record is JSON
-under `job:{id}` and its result under `result:{id}`, both with a TTL (finished: --job_ttl_seconds;
-unfinished: --request_timeout more, so a replica that died mid-job leaves nothing behind for long). A
-sorted set indexes recent jobs by creation time. Each change is published on `events:{id}` (the SSE
-streams of every replica listen there); a cancel is published on `cancel` for the replica running it.
+Keys live under `kserve-diffusion:{model}:` so several models can share one Redis:
+- `job:{id}` the record (JSON), `result:{id}` its predictions, `content:{id}` a video's file, each with a TTL
+  (finished: --job_ttl_seconds; unfinished: --request_timeout more);
+- `jobs` (every kept job), `owner:{owner}` (one caller's), `index:{owner}:{api}` (what a caller lists),
+  sorted by creation time; `done:empty` / `done:kept` (finished without / with a result, by finish time);
+  `meta` (id -> owner, api, result bytes) and `bytes` (the results' total), so the bounds (--max_jobs,
+  --max_jobs_per_owner, --max_job_result_bytes) hold across replicas. Admission and eviction run as Lua
+  scripts, so two replicas cannot both take the last place.
+Each change is published on `events:{id}`, a cancel on `cancel`. A replica listens to both on ONE pub/sub
+connection and fans the messages out to its event streams in process, and keeps a small pool of its own for
+job writes: no number of open event streams or readers can starve a running job's progress and end.
+It is one module because every part of it shares the key layout and the connections above.
 """
 
 from __future__ import annotations
@@ -19,181 +26,304 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
+from redis.exceptions import OutOfMemoryError, WatchError
 
 from ..errors import ConfigError, JobStoreUnavailable
-from ..redact import loggable, without_password
+from ..redact import loggable, without_job_ids, without_password
 from .records import JobRecord
-from .store import Change, JobStore
+from .redis_scripts import ANONYMOUS, CREATE, FORGET, ROOM
+from .store import (
+    CHUNK_BYTES,
+    WATCH_BUFFER,
+    Change,
+    JobStore,
+    Page,
+    StoredResult,
+    Stream,
+    offer,
+    store_full,
+    too_many_for_owner,
+)
 
 logger = logging.getLogger("kserve.diffusion")
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 5.0
 WATCH_RETRIES = 50  # optimistic-lock retries of one update; only a cancel and a step can race
-RECENT_SCAN = 4  # index entries read per listed job (some have expired)
 RECONNECT_SECONDS = 1.0
+READ_CONNECTIONS = 64  # clients' reads wait for one of these (up to COMMAND_TIMEOUT) rather than fail
+WRITE_CONNECTIONS = 8  # reserved for job writes: progress, ends, submissions, cancels
+UNAVAILABLE = "the job store is unavailable right now; retry later (synchronous :predict still works)"
+FULL = "the job store is full (Redis has no memory left); retry later (synchronous :predict still works)"
 
 
 class RedisJobStore(JobStore):
-    """Jobs in Redis at `url`, for `model`."""
+    """Jobs in Redis at `url`, for `model`, within the bounds given."""
 
-    def __init__(self, url: str, model: str, ttl: float, unfinished_ttl: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        ttl: float,
+        unfinished_ttl: float,
+        max_jobs: int = 1000,
+        max_result_bytes: int = 1_000_000_000,
+        max_per_owner: int | None = None,
+    ) -> None:
         self.url = url
         self.name = without_password(url)
         self.ttl = math.ceil(ttl)
         self.unfinished_ttl = math.ceil(unfinished_ttl + ttl)
+        self.max_jobs = max_jobs
+        self.max_result_bytes = max_result_bytes
+        self.max_per_owner = max_per_owner or max_jobs
         self.prefix = f"kserve-diffusion:{model}:"
-        self.redis: aioredis.Redis | None = None
+        self.redis: aioredis.Redis | None = None  # clients' reads
+        self.writer: aioredis.Redis | None = None  # job writes, on connections of their own
+        self._watchers: dict[str, set[asyncio.Queue[JobRecord]]] = {}
+        self._cancels: asyncio.Queue[str] = asyncio.Queue()
+        self._listener: asyncio.Task[None] | None = None
+        self._scripts: dict[str, Any] = {}
 
     def check(self) -> None:
-        """At startup, before serving: an unreachable Redis is a startup error."""
+        """At startup, before serving: an unreachable Redis is a startup error; an eviction policy that may
+        drop running jobs' records is a warning."""
         client = redis.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
         try:
             client.ping()
+            with contextlib.suppress(redis.RedisError):  # CONFIG is often disabled on managed Redis
+                policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+                if policy and policy != "noeviction":
+                    logger.warning(
+                        "job store %s: maxmemory-policy is %s, which can evict a running job's record (the job then "
+                        "stops as 'store lost'); run Redis with maxmemory-policy noeviction (docs/jobs.md)",
+                        self.name,
+                        policy,
+                    )
         except (redis.RedisError, OSError) as exc:
             raise ConfigError(f"--job_store: cannot reach {self.name}: {_reason(exc)}") from None
         finally:
             client.close()
 
-    async def start(self) -> None:
-        """Open the connection pool on the server's event loop."""
-        self.redis = aioredis.Redis.from_url(
-            self.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT
+    def _pool(self, connections: int) -> aioredis.Redis:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=connections,
+            timeout=COMMAND_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=COMMAND_TIMEOUT,
         )
+        return aioredis.Redis(connection_pool=pool)
+
+    async def start(self) -> None:
+        """Open the pools on the server's event loop and start the one pub/sub listener."""
+        self.redis = self._pool(READ_CONNECTIONS)
+        self.writer = self._pool(WRITE_CONNECTIONS)
+        for name, source in (("create", CREATE), ("room", ROOM), ("forget", FORGET)):
+            self._scripts[name] = self.writer.register_script(source)
+        self._listener = asyncio.create_task(self._listen())
 
     async def close(self) -> None:
-        """Close the pool."""
-        if self.redis is not None:
-            await self.redis.aclose()
+        """Stop listening; close the pools."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listener
+        for client in (self.redis, self.writer):
+            if client is not None:
+                await client.aclose()
 
     def _key(self, kind: str, job_id: str = "") -> str:
         return f"{self.prefix}{kind}{':' + job_id if job_id else ''}"
 
     @property
-    def _client(self) -> aioredis.Redis:
+    def _reader(self) -> aioredis.Redis:
         assert self.redis is not None, "start() first"
         return self.redis
 
+    @property
+    def _writer(self) -> aioredis.Redis:
+        assert self.writer is not None, "start() first"
+        return self.writer
+
     @contextlib.contextmanager
     def _reachable(self) -> Iterator[None]:
-        """Redis errors as a 503 that says what is wrong and what still works."""
+        """Redis errors as a 503 that says what still works; where Redis is and what failed go to the log only."""
         try:
             yield
+        except OutOfMemoryError as exc:
+            logger.warning("job store %s is full: %s", self.name, _reason(exc))
+            raise JobStoreUnavailable(FULL, retry_after=30) from None
         except (redis.RedisError, OSError, TimeoutError) as exc:
             logger.warning("job store %s: %s", self.name, _reason(exc))
-            raise JobStoreUnavailable(
-                f"the job store ({self.name}) is unreachable: {_reason(exc)}; synchronous :predict still works"
-            ) from None
+            raise JobStoreUnavailable(UNAVAILABLE) from None
+
+    def _times(self) -> list[Any]:
+        return [time.time(), self.ttl, self.unfinished_ttl]
 
     async def create(self, record: JobRecord) -> None:
-        """SET the record (it cannot exist yet) and index it."""
+        """Admit and SET the record atomically (a Lua script), forgetting finished jobs to make room."""
+        owner = record.owner or ANONYMOUS
+        now, ttl, unfinished_ttl = self._times()
+        arguments = [self.prefix, record.id, record.to_json(), record.created_at, now, owner, record.api]
+        arguments += [self.max_jobs, self.max_per_owner, unfinished_ttl, ttl]
         with self._reachable():
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.set(self._key("job", record.id), record.to_json(), ex=self.unfinished_ttl, nx=True)
-                pipe.zadd(self._key("jobs"), {record.id: record.created_at})
-                pipe.zremrangebyscore(self._key("jobs"), "-inf", time.time() - self.unfinished_ttl)
-                await pipe.execute()
+            answer = await self._scripts["create"](args=arguments)
+        if answer == b"owner":
+            raise too_many_for_owner(self.max_per_owner)
+        if answer == b"full":
+            raise store_full(self.max_jobs)
 
     async def get(self, job_id: str) -> JobRecord | None:
         """GET the record."""
         with self._reachable():
-            raw = await self._client.get(self._key("job", job_id))
+            raw = await self._reader.get(self._key("job", job_id))
         return JobRecord.from_json(raw) if raw is not None else None
 
-    async def update(self, job_id: str, change: Change, result: bytes | None = None) -> tuple[JobRecord | None, bool]:
-        """WATCH the record, apply `change`, write it (and the result) in MULTI and publish it; retried when
-        another replica wrote in between."""
+    async def room_for(self, size: int) -> bool:
+        """Forget the oldest finished results (a Lua script) until `size` more bytes fit under the bound."""
+        now, ttl, unfinished_ttl = self._times()
+        with self._reachable():
+            return bool(
+                await self._scripts["room"](args=[self.prefix, size, self.max_result_bytes, now, ttl, unfinished_ttl])
+            )
+
+    async def update(
+        self, job_id: str, change: Change, result: StoredResult | None = None
+    ) -> tuple[JobRecord | None, bool]:
+        """WATCH the record, apply `change`, write it (and the result, and the bookkeeping of a job that ends) in
+        MULTI and publish it; retried when another replica wrote in between."""
         key = self._key("job", job_id)
         with self._reachable():
-            async with self._client.pipeline(transaction=True) as pipe:
+            async with self._writer.pipeline(transaction=True) as pipe:
                 for _ in range(WATCH_RETRIES):
                     try:
                         await pipe.watch(key)
                         raw = await pipe.get(key)
                         current = JobRecord.from_json(raw) if raw is not None else None
                         new = change(current) if current is not None else None
-                        if new is None:
+                        if current is None or new is None:
                             await pipe.unwatch()
                             return current, False
                         ttl = self.ttl if new.finished else self.unfinished_ttl
                         data = new.to_json()
                         pipe.multi()
                         pipe.set(key, data, ex=ttl)
-                        if result is not None:
-                            pipe.set(self._key("result", job_id), result, ex=ttl)
+                        if new.finished and not current.finished:
+                            self._bookkeep_end(pipe, new, result)
                         pipe.publish(self._key("events", job_id), data)
                         await pipe.execute()
                         return new, True
                     except WatchError:
                         continue
-        raise JobStoreUnavailable(f"the job store ({self.name}) is too busy to change job {job_id[:12]}")
+        raise JobStoreUnavailable("the job store is too busy to change the job; retry later")
 
-    async def result(self, job_id: str) -> bytes | None:
-        """GET the result."""
+    def _bookkeep_end(self, pipe: Any, record: JobRecord, result: StoredResult | None) -> None:
+        """In the MULTI of a job's end: its result, and where the bounds find it."""
+        size = result.size if result is not None else 0
+        if result is not None:
+            pipe.set(self._key("result", record.id), result.predictions, ex=self.ttl)
+            if result.content is not None:
+                pipe.set(self._key("content", record.id), result.content, ex=self.ttl)
+            pipe.incrby(self._key("bytes"), size)
+        done = "done:kept" if result is not None else "done:empty"
+        pipe.zadd(self._key(done), {record.id: record.finished_at or time.time()})
+        pipe.hset(self._key("meta"), record.id, f"{record.owner or ANONYMOUS}\n{record.api}\n{size}")
+
+    async def read(self, job_id: str, part: str = "result") -> Stream | None:
+        """STRLEN, then GETRANGE a chunk at a time: a 55 MB video never sits whole in this process per reader."""
+        key = self._key(part, job_id)
         with self._reachable():
-            return await self._client.get(self._key("result", job_id))
+            size = await self._reader.strlen(key)
+        if not size:
+            return None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, size, CHUNK_BYTES):
+                with self._reachable():
+                    chunk = await self._reader.getrange(key, start, min(start + CHUNK_BYTES, size) - 1)
+                if not chunk:  # expired meanwhile: the answer ends short, and the client sees a broken download
+                    return
+                yield chunk
+
+        return Stream(size, chunks())
 
     async def delete(self, job_id: str) -> None:
-        """DEL the record and result, and unindex them."""
+        """Forget the record, its result and every index entry (a Lua script)."""
         with self._reachable():
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.delete(self._key("job", job_id), self._key("result", job_id))
-                pipe.zrem(self._key("jobs"), job_id)
-                await pipe.execute()
+            await self._scripts["forget"](args=[self.prefix, job_id])
 
-    async def recent(self, limit: int, api: str | None = None) -> list[JobRecord]:
-        """The newest indexed jobs that still exist (expired ones leave the index as they are met)."""
+    async def recent(self, owner: str, api: str, limit: int, after: str | None = None, ascending: bool = False) -> Page:
+        """A page of the owner's index for `api`: only the page's records are read and parsed."""
+        key = self._key(f"index:{owner}:{api}")
         with self._reachable():
-            ids = await self._client.zrevrange(self._key("jobs"), 0, limit * RECENT_SCAN - 1)
+            start = 0
+            if after is not None:
+                rank = await (self._reader.zrank if ascending else self._reader.zrevrank)(key, after)
+                if rank is None:
+                    return Page([], False)
+                start = rank + 1
+            span = self._reader.zrange if ascending else self._reader.zrevrange
+            ids = [i.decode() for i in await span(key, start, start + 2 * limit)]  # room for expired ones
             if not ids:
-                return []
-            names = [i.decode() for i in ids]
-            raws = await self._client.mget([self._key("job", i) for i in names])
-            gone = [i for i, raw in zip(names, raws, strict=True) if raw is None]
-            if gone:
-                await self._client.zrem(self._key("jobs"), *gone)
+                return Page([], False)
+            raws = await self._reader.mget([self._key("job", i) for i in ids])
+            for gone in [i for i, raw in zip(ids, raws, strict=True) if raw is None]:
+                await self._scripts["forget"](args=[self.prefix, gone])
         records = [JobRecord.from_json(raw) for raw in raws if raw is not None]
-        return [r for r in records if api is None or r.api == api][:limit]
+        return Page(records[:limit], len(records) > limit)
 
     @contextlib.asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[AsyncIterator[JobRecord]]:
-        """SUBSCRIBE to the job's channel (one connection per watcher, closed on exit)."""
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        with self._reachable():
-            await pubsub.subscribe(self._key("events", job_id))
+        """The job's changes from this replica's one pub/sub listener, through a bounded queue."""
+        queue: asyncio.Queue[JobRecord] = asyncio.Queue(WATCH_BUFFER)
+        self._watchers.setdefault(job_id, set()).add(queue)
 
         async def changes() -> AsyncIterator[JobRecord]:
-            with self._reachable():
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        yield JobRecord.from_json(message["data"])
+            while True:
+                yield await queue.get()
 
         try:
             yield changes()
         finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+            watchers = self._watchers.get(job_id, set())
+            watchers.discard(queue)
+            if not watchers:
+                self._watchers.pop(job_id, None)
 
-    async def announce_cancel(self, job_id: str) -> None:
-        """PUBLISH the id on the cancel channel: the replica running the job stops it."""
-        with self._reachable():
-            await self._client.publish(self._key("cancel"), job_id)
-
-    async def cancellations(self) -> AsyncIterator[str]:
-        """Ids from the cancel channel, reconnecting (after a pause) when Redis goes away."""
+    async def _listen(self) -> None:
+        """Forever: one pub/sub connection for every job's events and the cancel channel, reconnecting after a
+        pause when Redis goes away (event streams re-read their job meanwhile)."""
+        events = self._key("events:")
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
+                await pubsub.psubscribe(events + "*")
                 await pubsub.subscribe(self._key("cancel"))
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        yield _text(message["data"])
+                    channel = _text(message.get("channel"))
+                    if message.get("type") == "pmessage":
+                        for queue in self._watchers.get(channel[len(events) :], ()):
+                            offer(queue, JobRecord.from_json(message["data"]))
+                    elif message.get("type") == "message":
+                        self._cancels.put_nowait(_text(message["data"]))
             except (redis.RedisError, OSError) as exc:
-                logger.warning("job store %s: cancel channel lost (%s); reconnecting", self.name, _reason(exc))
+                logger.warning("job store %s: event channel lost (%s); reconnecting", self.name, _reason(exc))
                 await asyncio.sleep(RECONNECT_SECONDS)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+                    await client.aclose()
+
+    async def announce_cancel(self, job_id: str) -> None:
+        """PUBLISH the id on the cancel channel: the replica running the job stops it."""
+        with self._reachable():
+            await self._writer.publish(self._key("cancel"), job_id)
+
+    async def cancellations(self) -> AsyncIterator[str]:
+        """Ids from the cancel channel (read by the one listener)."""
+        while True:
+            yield await self._cancels.get()
 
 
 def _text(data: Any) -> str:
@@ -201,5 +331,6 @@ def _text(data: Any) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    """The error in a few words, never the URL's password (redis-py messages name host and port only)."""
-    return loggable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, 200)
+    """The error in a few words for the log: no URL password (redis-py names host and port only), no job id."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return loggable(without_job_ids(text), 200)

@@ -3,7 +3,10 @@
 Every store keeps records and results, changes a record atomically (`update`: the change sees the
 current record, so a cancel and a finish cannot both win), tells watchers of each change (the SSE
 stream), forgets finished jobs after --job_ttl_seconds, and carries cancel requests to the replica that
-runs the job (`announce_cancel` / `cancellations`).
+runs the job (`announce_cancel` / `cancellations`). Every store holds the same bounds: --max_jobs in all,
+--max_jobs_per_owner per caller, --max_job_result_bytes of results; when full it forgets finished jobs
+without a result (cancelled, failed) before those with one, oldest first, and never an unfinished one.
+Results are read back as chunks (`read`), so a download never copies a whole video per reader.
 """
 
 from __future__ import annotations
@@ -15,11 +18,60 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from ..errors import JobStoreUnavailable
+from ..errors import JobStoreUnavailable, TooManyJobs
 from .records import JobRecord
 
 Change = Callable[[JobRecord], JobRecord | None]  # the new record, or None to leave it as it is
 WATCH_BUFFER = 64  # changes a slow watcher may fall behind by; the oldest progress is dropped first
+CHUNK_BYTES = 1 << 20  # a result is read back in pieces of this size
+PARTS = ("result", "content")  # the predictions as JSON; the file itself (a video's MP4, for /content)
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """What a succeeded job keeps: its predictions as JSON and, for the Videos API, the file itself."""
+
+    predictions: bytes
+    content: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        """The bytes it takes in the store."""
+        return len(self.predictions) + len(self.content or b"")
+
+    def part(self, name: str) -> bytes | None:
+        """One part by name (PARTS)."""
+        return self.predictions if name == "result" else self.content
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A stored part read back: its size, and its bytes in chunks."""
+
+    size: int
+    chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a caller's jobs, and whether more follow."""
+
+    records: list[JobRecord]
+    has_more: bool
+
+
+def too_many_for_owner(limit: int) -> TooManyJobs:
+    """The 429 of a caller whose every kept job is unfinished."""
+    return TooManyJobs(
+        f"you have {limit} jobs queued or running (--max_jobs_per_owner); wait for one to finish or cancel one"
+    )
+
+
+def store_full(limit: int) -> JobStoreUnavailable:
+    """The 503 of a store whose every kept job is unfinished."""
+    return JobStoreUnavailable(
+        f"the job store is full: {limit} jobs are queued or running (--max_jobs); retry later", retry_after=30
+    )
 
 
 class JobStore(ABC):
@@ -36,27 +88,42 @@ class JobStore(ABC):
 
     @abstractmethod
     async def create(self, record: JobRecord) -> None:
-        """Keep a new job; JobStoreUnavailable when it cannot."""
+        """Keep a new job, forgetting finished ones to make room; JobStoreUnavailable (full, or unreachable) or
+        TooManyJobs (its owner's jobs are all unfinished) when it cannot."""
 
     @abstractmethod
     async def get(self, job_id: str) -> JobRecord | None:
         """The job, or None (never made, or forgotten)."""
 
     @abstractmethod
-    async def update(self, job_id: str, change: Change, result: bytes | None = None) -> tuple[JobRecord | None, bool]:
+    async def update(
+        self, job_id: str, change: Change, result: StoredResult | None = None
+    ) -> tuple[JobRecord | None, bool]:
         """Apply `change` to the current record atomically (and keep `result` with it); (record, changed)."""
 
     @abstractmethod
+    async def room_for(self, size: int) -> bool:
+        """Make room for a result of `size` bytes (forgetting the oldest finished results); False if it cannot."""
+
+    @abstractmethod
+    async def read(self, job_id: str, part: str = "result") -> Stream | None:
+        """A finished job's stored part (PARTS) in chunks, or None."""
+
     async def result(self, job_id: str) -> bytes | None:
-        """The finished job's result (the predictions as JSON), or None."""
+        """The finished job's predictions (JSON) in one piece, or None (tests and small results)."""
+        stream = await self.read(job_id)
+        if stream is None:
+            return None
+        return b"".join([chunk async for chunk in stream.chunks])
 
     @abstractmethod
     async def delete(self, job_id: str) -> None:
         """Forget the job and its result."""
 
     @abstractmethod
-    async def recent(self, limit: int, api: str | None = None) -> list[JobRecord]:
-        """The newest jobs first, at most `limit`, only those made through `api` when given."""
+    async def recent(self, owner: str, api: str, limit: int, after: str | None = None, ascending: bool = False) -> Page:
+        """`owner`'s jobs made through `api`, newest first (or oldest with `ascending`), at most `limit`, from the
+        one after the job `after` (an empty page when `after` is not one of them)."""
 
     @abstractmethod
     def watch(self, job_id: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[JobRecord]]:
@@ -74,17 +141,18 @@ class JobStore(ABC):
 @dataclass
 class _Kept:
     record: JobRecord
-    result: bytes | None = None
+    result: StoredResult | None = None
     expires: float | None = None  # monotonic time, once finished
 
 
 class MemoryJobStore(JobStore):
-    """Jobs in this process: at most `max_jobs`, at most `max_result_bytes` of results, finished ones kept
-    `ttl` seconds. The oldest finished jobs are forgotten first; with every job unfinished it is full."""
+    """Jobs in this process: at most `max_jobs` (`max_per_owner` per caller), at most `max_result_bytes` of
+    results, finished ones kept `ttl` seconds."""
 
-    def __init__(self, max_jobs: int, max_result_bytes: int, ttl: float) -> None:
+    def __init__(self, max_jobs: int, max_result_bytes: int, ttl: float, max_per_owner: int | None = None) -> None:
         self.max_jobs = max_jobs
         self.max_result_bytes = max_result_bytes
+        self.max_per_owner = max_per_owner or max_jobs
         self.ttl = ttl
         self._jobs: dict[str, _Kept] = {}  # in creation order
         self._result_bytes = 0
@@ -93,28 +161,37 @@ class MemoryJobStore(JobStore):
     def _forget(self, job_id: str) -> None:
         kept = self._jobs.pop(job_id, None)
         if kept is not None and kept.result is not None:
-            self._result_bytes -= len(kept.result)
+            self._result_bytes -= kept.result.size
 
     def _sweep(self) -> None:
         now = time.monotonic()
         for job_id in [k for k, kept in self._jobs.items() if kept.expires is not None and kept.expires <= now]:
             self._forget(job_id)
 
-    def _forget_oldest_finished(self) -> bool:
-        oldest = next((k for k, kept in self._jobs.items() if kept.record.finished), None)
-        if oldest is None:
-            return False
-        self._forget(oldest)
-        return True
+    def _forget_oldest_finished(self, owner: object = ..., with_result: bool | None = None) -> bool:
+        """Forget the oldest finished job (of `owner` when given): one without a result first, unless
+        `with_result` says which kind. False when there is none."""
+        finished = [
+            (k, kept)
+            for k, kept in self._jobs.items()
+            if kept.record.finished and (owner is ... or kept.record.owner == owner)
+        ]
+        kinds = (False, True) if with_result is None else (with_result,)
+        for has_result in kinds:
+            victim = next((k for k, kept in finished if (kept.result is not None) == has_result), None)
+            if victim is not None:
+                self._forget(victim)
+                return True
+        return False
 
     async def create(self, record: JobRecord) -> None:
-        """Keep a new job, forgetting the oldest finished one when --max_jobs are kept."""
+        """Keep a new job, forgetting finished ones (the owner's, then anyone's) to make room."""
         self._sweep()
+        owned = sum(1 for kept in self._jobs.values() if kept.record.owner == record.owner)
+        if owned >= self.max_per_owner and not self._forget_oldest_finished(record.owner):
+            raise too_many_for_owner(self.max_per_owner)
         if len(self._jobs) >= self.max_jobs and not self._forget_oldest_finished():
-            raise JobStoreUnavailable(
-                f"the job store is full: {self.max_jobs} jobs are queued or running (--max_jobs); retry later",
-                retry_after=30,
-            )
+            raise store_full(self.max_jobs)
         self._jobs[record.id] = _Kept(record)
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -123,8 +200,18 @@ class MemoryJobStore(JobStore):
         kept = self._jobs.get(job_id)
         return kept.record if kept else None
 
-    async def update(self, job_id: str, change: Change, result: bytes | None = None) -> tuple[JobRecord | None, bool]:
-        """Change the record (one event loop: nothing runs in between); keep the result within the byte limit."""
+    async def room_for(self, size: int) -> bool:
+        """Forget the oldest finished results until `size` more bytes fit."""
+        self._sweep()
+        while self._result_bytes + size > self.max_result_bytes:
+            if not self._forget_oldest_finished(with_result=True):
+                return False
+        return True
+
+    async def update(
+        self, job_id: str, change: Change, result: StoredResult | None = None
+    ) -> tuple[JobRecord | None, bool]:
+        """Change the record (one event loop: nothing runs in between); keep the result."""
         self._sweep()
         kept = self._jobs.get(job_id)
         if kept is None:
@@ -133,37 +220,39 @@ class MemoryJobStore(JobStore):
         if new is None:
             return kept.record, False
         if result is not None:
-            while self._result_bytes + len(result) > self.max_result_bytes and self._forget_oldest_finished():
-                pass
             kept.result = result
-            self._result_bytes += len(result)
+            self._result_bytes += result.size
         kept.record = new
         if new.finished:
             kept.expires = time.monotonic() + self.ttl
         for queue in self._watchers.get(job_id, ()):
-            _offer(queue, new)
+            offer(queue, new)
         return new, True
 
-    async def result(self, job_id: str) -> bytes | None:
-        """The result, or None."""
+    async def read(self, job_id: str, part: str = "result") -> Stream | None:
+        """The part as memoryview slices of the one stored copy."""
         self._sweep()
         kept = self._jobs.get(job_id)
-        return kept.result if kept else None
+        data = kept.result.part(part) if kept is not None and kept.result is not None else None
+        if data is None:
+            return None
+
+        return Stream(len(data), _slices(memoryview(data)))
 
     async def delete(self, job_id: str) -> None:
         """Forget the job."""
         self._forget(job_id)
 
-    async def recent(self, limit: int, api: str | None = None) -> list[JobRecord]:
-        """Newest first."""
+    async def recent(self, owner: str, api: str, limit: int, after: str | None = None, ascending: bool = False) -> Page:
+        """The owner's jobs of `api` in creation order (or its reverse)."""
         self._sweep()
-        found = []
-        for kept in reversed(self._jobs.values()):
-            if api is None or kept.record.api == api:
-                found.append(kept.record)
-                if len(found) == limit:
-                    break
-        return found
+        mine = [kept.record for kept in self._jobs.values() if kept.record.owner == owner and kept.record.api == api]
+        if not ascending:
+            mine.reverse()
+        if after is not None:
+            ids = [record.id for record in mine]
+            mine = mine[ids.index(after) + 1 :] if after in ids else []
+        return Page(mine[:limit], len(mine) > limit)
 
     @contextlib.asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[AsyncIterator[JobRecord]]:
@@ -184,7 +273,13 @@ class MemoryJobStore(JobStore):
                 self._watchers.pop(job_id, None)
 
 
-def _offer(queue: asyncio.Queue[JobRecord], record: JobRecord) -> None:
+async def _slices(view: memoryview) -> AsyncIterator[bytes]:
+    """Slices of one buffer, without copying it (Starlette sends memoryviews as they are)."""
+    for start in range(0, len(view), CHUNK_BYTES):
+        yield view[start : start + CHUNK_BYTES]  # type: ignore[misc]
+
+
+def offer(queue: asyncio.Queue[JobRecord], record: JobRecord) -> None:
     """Queue a change for a watcher; a full queue drops its oldest entry (a newer record supersedes it)."""
     if queue.full():
         queue.get_nowait()

@@ -12,11 +12,21 @@ from .store import JobStore, MemoryJobStore
 
 
 def _memory(config: ServerConfig) -> JobStore:
-    return MemoryJobStore(config.max_jobs, config.max_job_result_bytes, config.job_ttl_seconds)
+    return MemoryJobStore(
+        config.max_jobs, config.max_job_result_bytes, config.job_ttl_seconds, config.max_jobs_per_owner
+    )
 
 
 def _redis(config: ServerConfig) -> JobStore:
-    store = RedisJobStore(config.job_store, config.model_name, config.job_ttl_seconds, config.request_timeout)
+    store = RedisJobStore(
+        config.job_store,
+        config.model_name,
+        config.job_ttl_seconds,
+        config.request_timeout,
+        max_jobs=config.max_jobs,
+        max_result_bytes=config.max_job_result_bytes,
+        max_per_owner=config.max_jobs_per_owner,
+    )
     store.check()
     return store
 

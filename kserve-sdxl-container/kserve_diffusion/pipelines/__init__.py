@@ -30,8 +30,11 @@ def serving_family(config: ServerConfig) -> Family:
     that cannot work together are a ConfigError here, before anything loads."""
     combinations.check(config)
     family = get_family(config.model_type)
-    cache.check_family(config, family.name)  # SDXL's UNet has neither cache hooks nor the attention dispatcher
-    attention.check_family(config, family.name)
+    served = (family.name, "wan") if config.video_model_id else (family.name,)
+    # Each option applies to the served models that take it (SDXL's UNet has neither cache hooks nor the
+    # attention dispatcher): an error only when none of them does.
+    cache.check_family(config, served)
+    attention.check_family(config, served)
     if not config.video_model_id:
         return family
     image_load = family.load

@@ -9,7 +9,7 @@ package is missing, and a tiny attention call on the model's device and dtype pr
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from diffusers import DiffusionPipeline
@@ -33,9 +33,17 @@ BACKENDS: dict[str, tuple[str, str]] = {
 SERVED_FAMILIES = ("flux", "wan")
 
 
-def check_family(config: ServerConfig, family: str) -> None:
-    """--attention_backend on SDXL is a start-up error: its UNet's attention does not use the dispatcher."""
-    if config.attention_backend != "default" and family not in SERVED_FAMILIES:
+def check_family(config: ServerConfig, families: Sequence[str]) -> None:
+    """--attention_backend on SDXL alone is a start-up error (its UNet's attention does not use the dispatcher);
+    beside a model that takes it, SDXL runs with its own attention (and the log says so)."""
+    if config.attention_backend == "default":
+        return
+    others = [family for family in families if family not in SERVED_FAMILIES]
+    if len(others) < len(families):
+        for family in others:
+            logger.info("--attention_backend applies to the Wan/FLUX model; %s keeps its own attention", family)
+        return
+    if others:
         raise ConfigError(
             f"--attention_backend {config.attention_backend}: applies to the FLUX and Wan transformers; SDXL's UNet "
             "uses PyTorch's SDPA directly (leave --attention_backend default)"
@@ -52,8 +60,7 @@ def _probe(backend: str, device: torch.device, dtype: torch.dtype) -> None:
 
 def apply_backend(pipelines: Iterable[DiffusionPipeline], family: str, config: ServerConfig) -> None:
     """Set --attention_backend on the family's transformers (placed already), after checking it runs here."""
-    check_family(config, family)
-    if config.attention_backend == "default":
+    if config.attention_backend == "default" or family not in SERVED_FAMILIES:
         return
     backend, needs = BACKENDS[config.attention_backend]
     transformers = denoisers(pipelines)

@@ -10,7 +10,7 @@ when the layer really computes; the layers times the denoiser calls is what an u
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -177,9 +177,17 @@ def context(cache: DenoiserCache | None, pipeline: DiffusionPipeline, task: str 
     return pipeline.transformer.cache_context("cond")
 
 
-def check_family(config: ServerConfig, family: str) -> None:
-    """--cache on a family it cannot serve is a start-up error."""
-    if config.cache != "none" and family not in CACHED_FAMILIES:
+def check_family(config: ServerConfig, families: Sequence[str]) -> None:
+    """--cache where no served family takes it is a start-up error; beside one that does, the others run
+    without it (and the log says so)."""
+    if config.cache == "none":
+        return
+    uncached = [family for family in families if family not in CACHED_FAMILIES]
+    if len(uncached) < len(families):
+        for family in uncached:
+            logger.info("--cache %s applies to the Wan/FLUX model; %s runs without it", config.cache, family)
+        return
+    if uncached:
         raise ConfigError(
             f"--cache {config.cache}: caches the FLUX and Wan transformers; SDXL's UNet has no cache hooks "
             "(use --cache none, or --compile for SDXL)"
@@ -188,8 +196,7 @@ def check_family(config: ServerConfig, family: str) -> None:
 
 def apply_cache(pipelines: Iterable[DiffusionPipeline], family: str, config: ServerConfig) -> DenoiserCache | None:
     """The family's denoisers with --cache's hooks and skip counters; None with --cache none."""
-    check_family(config, family)
-    if config.cache == "none":
+    if config.cache == "none" or family not in CACHED_FAMILIES:
         return None
     cache = DenoiserCache(denoisers(pipelines), family, config)
     logger.info("--cache %s on %s (%d attention layers counted per step)", config.cache, family, cache.tally.layers)

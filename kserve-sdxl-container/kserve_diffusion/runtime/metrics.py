@@ -57,3 +57,8 @@ LORA_LOADS = Counter(PREFIX + "lora_loads", "LoRA adapters read from --lora_dir 
 LORA_CACHE_HITS = Counter(PREFIX + "lora_cache_hits", "Adapter uses served by an already loaded adapter")
 JOBS = Counter(PREFIX + "jobs", "Jobs that reached each status on this replica (submitted, started, ended)", ["status"])
 JOB_STORE_ERRORS = Counter(PREFIX + "job_store_errors", "Job store operations that failed (Redis unreachable, ...)")
+JOB_STORE_LOST = Counter(
+    PREFIX + "job_store_lost",
+    "Running jobs whose record the job store no longer held (evicted, or Redis lost its data): stopped",
+)
+JOB_END_RETRIES = Counter(PREFIX + "job_end_retries", "Retried writes of a job's end (the job store was unavailable)")

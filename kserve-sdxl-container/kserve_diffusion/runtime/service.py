@@ -29,7 +29,7 @@ from ..pipelines.lora_catalog import LoraCatalog
 from . import metrics
 from .control import CLIENT_DISCONNECTED, RequestControl
 from .inputs import InputLoader, InputPolicy
-from .worker import AcceleratorOutOfMemory, GenerationWorker
+from .worker import AcceleratorOutOfMemory, GenerationWorker, Reservation
 
 logger = logging.getLogger("kserve.diffusion")
 RANDOM_SEED_RANGE = 2**32
@@ -192,12 +192,17 @@ class GenerationService:
         return RequestControl(request_id, request.timeout or self.config.request_timeout)
 
     async def run(
-        self, prepared: Prepared, control: RequestControl, stop: asyncio.Event | None = None, note: str = ""
+        self,
+        prepared: Prepared,
+        control: RequestControl,
+        stop: asyncio.Event | None = None,
+        note: str = "",
+        reservation: Reservation | None = None,
     ) -> GenerationResult:
-        """Generate one prepared request (a job's instance): `stop` set drops it from the queue or stops it at
-        its next step; `note` is added to its log line."""
+        """Generate one prepared request (a job's instance) in the queue place `reservation` holds: `stop` set
+        drops it from the queue or stops it at its next step; `note` is added to its log line."""
         with self._admitted():
-            return await self._generate(prepared, control, stop, note)
+            return await self._generate(prepared, control, stop, note, reservation)
 
     @contextlib.contextmanager
     def _admitted(self) -> Iterator[None]:
@@ -238,7 +243,12 @@ class GenerationService:
             raise
 
     async def _generate(
-        self, prepared: Prepared, control: RequestControl, stop: asyncio.Event | None, note: str = ""
+        self,
+        prepared: Prepared,
+        control: RequestControl,
+        stop: asyncio.Event | None,
+        note: str = "",
+        reservation: Reservation | None = None,
     ) -> GenerationResult:
         assert self.runner is not None and prepared.request.task_type is not None
         request, request_id = prepared.request, control.request_id
@@ -247,7 +257,7 @@ class GenerationService:
         self._active.add(control)
         job = partial(self._run, request, seed, prepared.inputs)
         try:
-            timed = await self.worker.run(job, control, stop)
+            timed = await self.worker.run(job, control, stop, reservation)
         except ServingError as exc:
             metrics.count(task, exc.outcome)
             logger.warning("request=%s task=%s %s: %s", request_id, task, exc.outcome, exc)

@@ -55,6 +55,30 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+class Reservation:
+    """A job's place in the queue, taken at submission and kept across its instances: a job that was accepted
+    is never refused later for a full queue. While `held`, the place counts as a waiting request."""
+
+    def __init__(self, worker: GenerationWorker) -> None:
+        self.worker = worker
+        self.held = True
+
+    def hold_again(self) -> None:
+        """Between two instances: keep the place (no room check: it was the job's already)."""
+        if not self.held:
+            with self.worker._lock:
+                self.worker.waiting += 1
+            self.held = True
+
+    def release(self) -> None:
+        """The job has ended (or never ran): give the place back."""
+        if self.held:
+            with self.worker._lock:
+                self.worker.waiting -= 1
+                self.worker.dequeued += 1
+            self.held = False
+
+
 class GenerationWorker:
     """Runs jobs on a single dedicated thread, at most `max_queue` waiting behind the running one."""
 
@@ -90,11 +114,22 @@ class GenerationWorker:
         with self._lock:
             self._refuse_when_full()
 
-    def _admit(self, control: RequestControl) -> None:
+    def reserve(self) -> Reservation:
+        """A place in the queue for a job (ServerBusy when full), kept until the job releases it."""
         with self._lock:
             self._refuse_when_full()
-            position = self.waiting + self.running
             self.waiting += 1
+        return Reservation(self)
+
+    def _admit(self, control: RequestControl, reservation: Reservation | None) -> None:
+        with self._lock:
+            position = self.waiting + self.running
+            if reservation is not None and reservation.held:
+                reservation.held = False  # its place is this run's now: the run gives it back when it starts
+                position -= 1
+            else:
+                self._refuse_when_full()
+                self.waiting += 1
         if position:
             logger.info("request=%s waits at queue position %d", control.request_id, position)
 
@@ -105,12 +140,17 @@ class GenerationWorker:
             self.running = 1
 
     async def run(
-        self, job: Callable[[RequestControl], T], control: RequestControl, disconnected: asyncio.Event | None = None
+        self,
+        job: Callable[[RequestControl], T],
+        control: RequestControl,
+        disconnected: asyncio.Event | None = None,
+        reservation: Reservation | None = None,
     ) -> Timed[T]:
-        """Queue `job`; await its result without blocking the event loop. Raises ServerBusy when the queue is
-        full; DeadlineExceeded or ClientGone (once `disconnected` is set) at once while it waits, and at the
-        next step while it runs; AcceleratorOutOfMemory after freeing memory."""
-        self._admit(control)
+        """Queue `job` (in the place `reservation` holds, if given); await its result without blocking the event
+        loop. Raises ServerBusy when the queue is full and no place is reserved; DeadlineExceeded or ClientGone
+        (once `disconnected` is set) at once while it waits, and at the next step while it runs;
+        AcceleratorOutOfMemory after freeing memory."""
+        self._admit(control, reservation)
         submitted = time.perf_counter()
 
         def timed() -> Timed[T]:

@@ -22,6 +22,7 @@ from ..jobs.manager import JobManager
 from ..jobs.store import JobStore
 from ..runtime.service import GenerationService
 from . import grpc_errors, handlers, jobs, loras, slow_clients
+from .auth import ApiKeyGuard, ApiKeys
 from .model import DiffusionModel
 from .openai import images as openai_images
 from .openai import videos as openai_videos
@@ -80,19 +81,31 @@ def serve(service: GenerationService, store: JobStore) -> None:
     """Serve the loaded `service` until SIGTERM: KServe v1/v2 REST and gRPC, jobs in `store`, and the OpenAI
     routes."""
     config = service.config
-    manager = JobManager(service, store, jobs.render_predictions)
-    app.include_router(jobs.router(manager, config.max_instances))
+    manager = JobManager(service, store, jobs.render_result)
+    busy = f"{config.max_concurrent_downloads} results are being downloaded (--max_concurrent_downloads); retry soon"
+    downloads = jobs.Slots(config.max_concurrent_downloads, busy)
+    owner_header = config.job_owner_header
+    app.include_router(jobs.router(manager, config, downloads))
     app.include_router(loras.router(service))
     app.include_router(openai_images.router(service, config.max_image_bytes, config.max_image_pixels))
-    app.include_router(openai_videos.router(manager, config.job_ttl_seconds, config.max_image_bytes))
+    ttl = config.job_ttl_seconds
+    app.include_router(openai_videos.router(manager, ttl, config.max_image_bytes, owner_header, downloads))
     app.add_middleware(V2RequestGuard, files=FILE_FIELDS)
     app.add_middleware(jobs.RespondAsync)
     app.add_middleware(RequestIdHeader)
     assert config.max_body_bytes is not None  # resolved by parse_config
     # Outermost: bounds and buffers the body before anything else reads it.
     app.add_middleware(RequestBodyGuard, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
+    keys = ApiKeys(config.api_key_values)
+    app.add_middleware(ApiKeyGuard, keys=keys)  # before the body guard: no body is read for a caller without a key
+    app.add_middleware(handlers.LastWord)  # outermost: answers and logs once whatever escaped the rest
+    if keys.required:
+        logger.info(
+            "API keys: %d configured; every route but health, readiness and /metrics asks for one",
+            len(config.api_key_values),
+        )
     slow_clients.install(config.header_timeout)
-    grpc_errors.install()
+    grpc_errors.install(keys)
     _size_grpc_messages(config)
     serve_lifespan = app.router.lifespan_context
 

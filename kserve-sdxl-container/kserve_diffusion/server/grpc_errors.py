@@ -18,6 +18,7 @@ from kserve.protocol.grpc import server as kserve_grpc_server
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 
 from ..redact import loggable
+from .auth import UNAUTHENTICATED, ApiKeys, grpc_open
 
 CLIENT_ERRORS: dict[type[Exception], StatusCode] = {
     InvalidInput: StatusCode.INVALID_ARGUMENT,  # our RequestError is one too
@@ -25,10 +26,21 @@ CLIENT_ERRORS: dict[type[Exception], StatusCode] = {
     ModelNotReady: StatusCode.UNAVAILABLE,
 }
 MAX_DETAIL_CHARS = 500
+API_KEYS = ApiKeys(())  # --api_keys, set by install()
 
 
 class QuietExceptionToStatus(ExceptionToStatusInterceptor):
-    """KServe's interceptor, with client errors answered with one warning line."""
+    """KServe's interceptor, with client errors answered with one warning line, and --api_keys checked first
+    (UNAUTHENTICATED without one, except the health and readiness RPCs)."""
+
+    async def intercept(self, method: Any, request_or_iterator: Any, context: Any, method_name: str) -> Any:
+        """Check the caller's key, then call the method with KServe's error handling."""
+        if API_KEYS.required and not grpc_open(method_name):
+            metadata = dict(context.invocation_metadata() or ())
+            if not API_KEYS.accepts(metadata.get("authorization")):
+                logger.warning("rejected gRPC %s (UNAUTHENTICATED): missing or unknown API key", method_name)
+                await context.abort(StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+        return await super().intercept(method, request_or_iterator, context, method_name)
 
     async def handle_exception(self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str) -> None:
         """Abort the call with the status that fits `ex`."""
@@ -43,6 +55,8 @@ class QuietExceptionToStatus(ExceptionToStatusInterceptor):
         await super().handle_exception(ex, request_or_iterator, context, method_name)
 
 
-def install() -> None:
-    """Make KServe's gRPC server use QuietExceptionToStatus (in this process)."""
+def install(keys: ApiKeys) -> None:
+    """Make KServe's gRPC server use QuietExceptionToStatus (in this process), checking `keys`."""
+    global API_KEYS
+    API_KEYS = keys
     kserve_grpc_server.ExceptionToStatusInterceptor = QuietExceptionToStatus  # type: ignore[misc]

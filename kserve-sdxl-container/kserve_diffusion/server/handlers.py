@@ -8,6 +8,7 @@ and its answer names no Python exception class. KServe installs its own handlers
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -64,9 +65,13 @@ async def _not_ready(request: Request, _: Exception) -> JSONResponse:
     return _client_error(503, "the model is not ready (loading or shutting down); retry, or use another replica")
 
 
-async def _not_implemented(_: Request, exc: Exception) -> JSONResponse:
+async def _not_implemented(request: Request, exc: Exception) -> JSONResponse:
     # KServe raises it for a `model_version` (this server serves one version): the client can leave it out.
-    return _client_error(400, f"model_version: versions are not supported; leave it out ({exc})")
+    if "versioning" in str(exc).lower() or "/versions/" in request.url.path:
+        return _client_error(400, f"model_version: versions are not supported; leave it out ({exc})")
+    return _client_error(
+        400, f"{strip_query(request.url.path)[:100]}: not supported by this server ({exc or 'no detail'})"
+    )
 
 
 async def _not_served(_: Request, exc: Exception) -> JSONResponse:
@@ -84,12 +89,42 @@ async def _generation_failed(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"error": str(exc)})
 
 
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    rid = request_id(request.headers.get("x-request-id"))
-    logger.error("request=%s %s %s failed", rid, request.method, strip_query(request.url.path), exc_info=exc)
-    return JSONResponse(
-        status_code=500, content={"error": f"internal error; the server log has details under request id {rid}"}
-    )
+class LastWord:
+    """ASGI middleware, outermost: an exception that escaped every handler is answered here with one short 500
+    (OpenAI's error shape on /openai routes) and ONE log record with its traceback, and not raised again.
+    Starlette's own last handler re-raises after answering, so uvicorn logged a second traceback and dropped
+    the keep-alive connection."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            given = next((v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"x-request-id"), None)
+            rid = request_id(given)
+            path = loggable(strip_query(scope.get("path", "")), MAX_PATH_CHARS)
+            logger.error("request=%s %s %s failed", rid, scope.get("method"), path, exc_info=exc)
+            if started:  # the answer was under way: the connection ends, nothing more can be said
+                return
+            message = f"internal error; the server log has details under request id {rid}"
+            body: dict[str, Any] = {"error": message}
+            if scope.get("path", "").startswith("/openai/"):
+                body = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+            headers = [(b"content-type", b"application/json"), (b"x-request-id", rid.encode())]
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
 def install(app: FastAPI, served_model: str) -> None:
@@ -102,8 +137,7 @@ def install(app: FastAPI, served_model: str) -> None:
         NotImplementedError: _not_implemented,
         ServingError: _not_served,
         GenerationFailed: _generation_failed,
-        Exception: _internal_error,
-    }
+    }  # any other exception: LastWord
     for exception, handler in handlers.items():
         app.add_exception_handler(exception, handler)
     app.middleware_stack = None  # Starlette copies the handlers when it builds the stack: rebuild on next request

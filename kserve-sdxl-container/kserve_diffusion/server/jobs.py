@@ -7,6 +7,8 @@ The bodies are v1's: a submission takes what `:predict` takes, and a succeeded j
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -14,33 +16,79 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from kserve.errors import ModelNotFound, ModelNotReady
 
+from ..config import ServerConfig
 from ..errors import ServerBusy, ServingError
 from ..jobs.manager import JobManager
 from ..jobs.records import JobRecord
+from ..jobs.store import StoredResult, Stream
 from ..redact import request_id
 from . import v1
+from .auth import caller_identity
 
 Scope = dict[str, Any]
-MAX_EVENT_STREAMS = 256  # open SSE streams per replica; more are a 503 (each holds a connection)
+MAX_EVENTS_PER_STREAM = 10_000  # then the stream ends, asking the client to reconnect (bounds one stream's work)
 LIST_LIMIT = 100
+
+
+class Slots:
+    """At most `limit` of something at once (event streams, downloads), counted when admitted, not when the
+    response starts: a burst of connections cannot all slip in before the first one counts."""
+
+    def __init__(self, limit: int, busy: str) -> None:
+        self.limit = limit
+        self.busy = busy
+        self.taken = 0
+
+    def take(self) -> Callable[[], None]:
+        """Take a slot (ServerBusy when none is free); returns its release, to call exactly once."""
+        if self.taken >= self.limit:
+            raise ServerBusy(self.busy, 5)
+        self.taken += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.taken -= 1
+
+        return release
+
+
+class SlotResponse(StreamingResponse):
+    """A streamed answer that gives its slot back when it ends, however it ends (client gone included)."""
+
+    def __init__(self, content: AsyncIterator[Any], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        """Send the stream, then release the slot."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
-def job_json(record: JobRecord, predictions: bytes | None) -> bytes:
-    """The job as JSON, with the stored predictions spliced in as they are (a video is megabytes of JSON
-    that need not be parsed again)."""
-    shown = orjson.dumps(record.view())
-    if predictions is None:
-        return shown
-    return shown[:-1] + b',"predictions":' + predictions + b"}"
+async def job_json(record: JobRecord, predictions: Stream) -> AsyncIterator[bytes]:
+    """The job as JSON, with the stored predictions streamed in as they are (a video is megabytes of JSON that
+    need not be parsed again, nor copied whole per reader)."""
+    yield orjson.dumps(record.view())[:-1] + b',"predictions":'
+    async for chunk in predictions.chunks:
+        yield chunk
+    yield b"}"
 
 
-def render_predictions(results: list[Any]) -> bytes:
-    """What a job stores: the `predictions` list of v1's answer, as JSON."""
-    return orjson.dumps(v1.build_response(results)["predictions"])
+def render_result(results: list[Any], api: str) -> StoredResult:
+    """What a job stores: the `predictions` list of v1's answer as JSON and, for the Videos API, the video file
+    itself (served as it is by /content)."""
+    predictions = orjson.dumps(v1.build_response(results)["predictions"])
+    content = results[0].files[0] if api == "openai" and results and results[0].video is not None else None
+    return StoredResult(predictions, content)
 
 
 def wants_async(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -74,11 +122,16 @@ class RespondAsync:
         await self.app(scope, receive, send)
 
 
-def router(jobs: JobManager, max_instances: int) -> APIRouter:
-    """The job routes for the served model."""
+def router(jobs: JobManager, config: ServerConfig, downloads: Slots) -> APIRouter:
+    """The job routes for the served model: each caller (server/auth.py) sees only its own jobs; at most
+    `downloads` results and --max_event_streams event streams at once."""
     api = APIRouter(prefix="/v1/models/{model_name}/jobs", tags=["Jobs"])
     served = jobs.service.name
-    streams = {"open": 0}
+    max_instances, owner_header, most = config.max_instances, config.job_owner_header, config.max_event_streams
+    streams = Slots(most, f"too many event streams are open ({most}, --max_event_streams); poll the job instead")
+
+    def caller(request: Request) -> str | None:
+        return caller_identity(request.headers, owner_header)
 
     def check_model(model_name: str) -> None:
         if model_name != served:
@@ -90,54 +143,72 @@ def router(jobs: JobManager, max_instances: int) -> APIRouter:
         if not jobs.service.ready:
             raise ModelNotReady(model_name)
         instances = v1.read_instances(await request.body(), max_instances)
-        record = await jobs.submit(instances, request_id(request.headers.get("x-request-id")))
+        record = await jobs.submit(instances, request_id(request.headers.get("x-request-id")), owner=caller(request))
         headers = {"Location": f"/v1/models/{served}/jobs/{record.id}"}
         if wants_async(request.headers.raw):
             headers["Preference-Applied"] = "respond-async"
         return _json(record.view(), 202, headers)
 
-    @api.get("", summary="Recent jobs, newest first")
+    @api.get("", summary="The caller's recent jobs, newest first")
     async def recent(
-        model_name: str, limit: Annotated[int, Query(ge=1, le=LIST_LIMIT, description="how many")] = 20
+        model_name: str,
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=LIST_LIMIT, description="how many")] = 20,
     ) -> Response:
         check_model(model_name)
-        records = await jobs.recent(limit)
-        shown = [{"id": r.id, "status": r.status, "created_at": r.created_at} for r in records]
+        page = await jobs.recent(caller(request), "kserve", limit)
+        shown = [{"id": r.id, "status": r.status, "created_at": r.created_at} for r in page.records]
         return _json({"jobs": shown})
 
     @api.get("/{job_id}", summary="A job: status, progress and, once succeeded, its predictions")
-    async def read(model_name: str, job_id: str) -> Response:
+    async def read(model_name: str, job_id: str, request: Request) -> Response:
         check_model(model_name)
-        record = await jobs.get(job_id)
-        predictions = await jobs.result(job_id) if record.status == "succeeded" else None
-        return Response(job_json(record, predictions), media_type="application/json")
+        record = await jobs.get(job_id, caller(request))
+        if record.status != "succeeded":
+            return Response(orjson.dumps(record.view()), media_type="application/json")
+        release = downloads.take()
+        try:
+            stored = await jobs.read(job_id)
+        except BaseException:
+            release()
+            raise
+        if stored is None:  # forgotten between the two reads
+            release()
+            return Response(orjson.dumps(record.view()), media_type="application/json")
+        return SlotResponse(job_json(record, stored), release, media_type="application/json")
 
     @api.delete("/{job_id}", summary="Cancel a queued or running job")
-    async def cancel(model_name: str, job_id: str) -> Response:
+    async def cancel(model_name: str, job_id: str, request: Request) -> Response:
         check_model(model_name)
-        return _json((await jobs.cancel(job_id)).view())
+        return _json((await jobs.cancel(job_id, caller(request))).view())
 
     @api.get("/{job_id}/events", summary="The job's changes as Server-Sent Events, until it ends")
-    async def events(model_name: str, job_id: str) -> StreamingResponse:
+    async def events(model_name: str, job_id: str, request: Request) -> StreamingResponse:
         check_model(model_name)
-        await jobs.get(job_id)  # a 404 before the stream starts
-        if streams["open"] >= MAX_EVENT_STREAMS:
-            raise ServerBusy(f"too many event streams are open ({MAX_EVENT_STREAMS}); poll the job instead", 5)
+        who = caller(request)
+        await jobs.get(job_id, who)  # a 404 before the stream starts
+        release = streams.take()
 
         async def stream() -> Any:
-            streams["open"] += 1
+            sent = 0
             try:
-                async for name, record in jobs.events(job_id):
-                    if record is None:
-                        yield b": keep-alive\n\n"
-                    else:
-                        yield b"event: " + name.encode() + b"\ndata: " + orjson.dumps(record.view()) + b"\n\n"
+                async with contextlib.aclosing(jobs.events(job_id, who)) as changes:
+                    async for name, record in changes:
+                        if record is None:
+                            yield b": keep-alive\n\n"
+                        else:
+                            yield b"event: " + name.encode() + b"\ndata: " + orjson.dumps(record.view()) + b"\n\n"
+                        sent += 1
+                        if sent >= MAX_EVENTS_PER_STREAM:
+                            message = (
+                                f"this stream has sent its {MAX_EVENTS_PER_STREAM} events; reconnect to follow the job"
+                            )
+                            yield b"event: error\ndata: " + orjson.dumps({"error": message}) + b"\n\n"
+                            return
             except ServingError as exc:  # the store went away, or the job was forgotten (deleted) meanwhile
                 yield b"event: error\ndata: " + orjson.dumps({"error": exc.message}) + b"\n\n"
-            finally:
-                streams["open"] -= 1
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+        return SlotResponse(stream(), release, media_type="text/event-stream", headers=headers)
 
     return api

@@ -9,6 +9,7 @@ from typing import Any
 from kserve import Model
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
+from ..errors import RequestError
 from ..redact import request_id
 from ..runtime.service import GenerationService
 from . import v1, v2, v2_inputs
@@ -47,6 +48,12 @@ class DiffusionModel(Model):
     def get_output_types(self) -> list[dict[str, Any]]:
         """v2 metadata: the output tensors."""
         return v2.output_types(self.service.tasks())
+
+    async def explain(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        """`:explain`: there is nothing to explain (KServe's default would blame a missing predictor host)."""
+        raise RequestError(
+            "explain", "this server has no explainer: it generates images and videos; send the request to :predict"
+        )
 
     async def predict(
         self, payload: dict | bytes | InferRequest, headers: dict[str, str] | None = None

@@ -9,7 +9,6 @@ the SDK sends. Answers and errors have OpenAI's shapes.
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -17,12 +16,15 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from ...api.messages import shown
+from ... import media
+from ...api.messages import shown, type_name
 from ...api.request import GenerationRequest
-from ...errors import JobNotFound, RequestError
+from ...errors import JobNotFound, RequestError, ServerBusy
 from ...jobs.manager import JobManager
 from ...jobs.records import JobRecord
 from ...redact import request_id
+from ..auth import caller_identity
+from ..jobs import SlotResponse, Slots
 from .fields import check_served, form_value, our_fields, parse_size, upload_bytes
 from .images import PREFIX
 from .schemas import ERRORS, VIDEO_NAMES, OpenAIError, OpenAIRoute, as_openai_error
@@ -34,7 +36,6 @@ STATUSES = {
     "failed": "failed",
     "cancelled": "failed",
 }
-LIST_WINDOW = 500  # GET /videos pages through this many of the newest videos
 MAX_SECONDS_DIGITS = 4
 # Our fields that `seconds` and `size` set: sent as extra fields they are a 400 naming the OpenAI one.
 SET_BY_VIDEOS = {
@@ -80,7 +81,8 @@ def video_object(record: JobRecord, ttl: float) -> dict[str, Any]:
 def _seconds(value: Any, fps: int, max_frames: int) -> tuple[str, int]:
     """OpenAI's `seconds` ("4") as (the text shown back, num_frames)."""
     text = str(value).strip()
-    if not (text.isdigit() and len(text) <= MAX_SECONDS_DIGITS and int(text) >= 1):
+    # ASCII digits only: "²" and "①" are str.isdigit() but not int(), and "١٢" would be taken as 12.
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_SECONDS_DIGITS and int(text) >= 1):
         raise OpenAIError(400, f"seconds: must be a whole number of seconds, at least 1, got {shown(value)}", "seconds")
     frames = int(text) * fps + 1
     if frames > max_frames:
@@ -108,20 +110,27 @@ async def _reference(value: Any, served: tuple[str, ...], max_bytes: int) -> dic
         return {"task_type": "img2video", "image": await upload_bytes(value, "input_reference", max_bytes)}
     if isinstance(value, str) and value:
         return {"task_type": "img2video", "image_url": value}  # http(s) or data URL: the server's input rules
-    raise OpenAIError(400, f"input_reference: an image file, or a URL in JSON, got {shown(value)}", "input_reference")
+    # Never echoed: a URL in the wrong place may still be a pre-signed one.
+    raise OpenAIError(
+        400, f"input_reference: an image file, or a URL in JSON, got {type_name(value)}", "input_reference"
+    )
 
 
-def router(jobs: JobManager, ttl: float, max_image_bytes: int) -> APIRouter:
+def router(jobs: JobManager, ttl: float, max_image_bytes: int, owner_header: str | None, downloads: Slots) -> APIRouter:
     """The Videos routes, answered from `jobs` (finished videos are kept `ttl` seconds; input_reference files
-    are at most `max_image_bytes`)."""
+    are at most `max_image_bytes`); each caller sees only its own videos; at most `downloads` files are
+    streamed at once."""
     api = APIRouter(
         prefix=PREFIX, route_class=OpenAIRoute, tags=["OpenAI Videos API"], default_response_class=JSONResponse
     )
     service = jobs.service
 
-    async def find(video_id: str) -> JobRecord:
+    def caller(request: Request) -> str | None:
+        return caller_identity(request.headers, owner_header)
+
+    async def find(video_id: str, request: Request) -> JobRecord:
         try:
-            record = await jobs.get(video_id)
+            record = await jobs.get(video_id, caller(request))
         except JobNotFound as exc:
             raise OpenAIError(404, exc.message, "video_id", "video_not_found") from None
         if record.api != "openai":
@@ -183,64 +192,69 @@ def router(jobs: JobManager, ttl: float, max_image_bytes: int) -> APIRouter:
             # What will be made, as OpenAI shows it: whole seconds and WxH.
             [made] = requests
             shown_seconds = seconds if seconds is not None else str((made.num_frames - 1) // made.fps)
-            return {"prompt": prompt, "seconds": shown_seconds, "size": f"{made.video_width}x{made.video_height}"}
+            size = f"{made.video_width}x{made.video_height}"
+            kind = media.content_type(made.output_format or "mp4")
+            return {"prompt": prompt, "seconds": shown_seconds, "size": size, "content_type": kind}
 
         try:
-            record = await jobs.submit([fields], rid, api="openai", describe=describe)
+            record = await jobs.submit([fields], rid, api="openai", describe=describe, owner=caller(request))
         except RequestError as exc:  # named as the parameter the client sent: size, seconds
             error = as_openai_error(exc, VIDEO_NAMES)
             assert error is not None
             raise error from None
         return JSONResponse(video_object(record, ttl))
 
-    @api.get("/videos", summary="List recent videos")
+    @api.get("/videos", summary="List the caller's recent videos")
     async def list_videos(
+        request: Request,
         after: Annotated[str | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         order: Annotated[Literal["asc", "desc"], Query()] = "desc",
     ) -> JSONResponse:
-        records = await jobs.recent(LIST_WINDOW, api="openai")
-        if order == "asc":
-            records.reverse()
-        if after is not None:
-            ids = [r.id for r in records]
-            records = records[ids.index(after) + 1 :] if after in ids else []
-        page = records[:limit]
-        data = [video_object(r, ttl) for r in page]
+        page = await jobs.recent(caller(request), "openai", limit, after, ascending=order == "asc")
+        data = [video_object(r, ttl) for r in page.records]
         return JSONResponse(
             {
                 "object": "list",
                 "data": data,
-                "first_id": page[0].id if page else None,
-                "last_id": page[-1].id if page else None,
-                "has_more": len(records) > limit,
+                "first_id": page.records[0].id if page.records else None,
+                "last_id": page.records[-1].id if page.records else None,
+                "has_more": page.has_more,
             }
         )
 
     @api.get("/videos/{video_id}", responses=ERRORS, summary="A video job's status")
-    async def retrieve(video_id: str) -> JSONResponse:
-        return JSONResponse(video_object(await find(video_id), ttl))
+    async def retrieve(video_id: str, request: Request) -> JSONResponse:
+        return JSONResponse(video_object(await find(video_id, request), ttl))
 
     @api.delete("/videos/{video_id}", responses=ERRORS, summary="Delete a video (cancelling it if unfinished)")
-    async def delete(video_id: str) -> JSONResponse:
-        await find(video_id)
-        await jobs.forget(video_id)
+    async def delete(video_id: str, request: Request) -> JSONResponse:
+        await find(video_id, request)
+        await jobs.forget(video_id, caller(request))
         return JSONResponse({"id": video_id, "object": "video.deleted", "deleted": True})
 
     @api.get("/videos/{video_id}/content", responses=ERRORS, summary="The video file (MP4 unless asked otherwise)")
-    async def content(video_id: str, variant: Annotated[str, Query()] = "video") -> Response:
+    async def content(request: Request, video_id: str, variant: Annotated[str, Query()] = "video") -> Response:
         if variant != "video":
             raise OpenAIError(400, f"variant: only video is served, got {shown(variant)}", "variant")
-        record = await find(video_id)
+        record = await find(video_id, request)
         if record.status != "succeeded":
             state = STATUSES[record.status]
             raise OpenAIError(409, f"the video is {state}, not completed: there is no content yet", "video_id")
-        stored = await jobs.result(video_id)
+        try:
+            release = downloads.take()
+        except ServerBusy as exc:
+            raise OpenAIError(503, exc.message, "video_id", headers=exc.headers) from None
+        try:
+            stored = await jobs.read(video_id, "content")
+        except BaseException:
+            release()
+            raise
         if stored is None:
+            release()
             raise OpenAIError(404, "the video's content has expired", "video_id", "video_not_found")
-        data_url = orjson.loads(stored)[0]["video"]
-        header, _, payload = data_url.partition(",")
-        kind = header.removeprefix("data:").split(";")[0]
-        return Response(base64.b64decode(payload), media_type=kind, headers={"Content-Disposition": "inline"})
+        kind = record.extra.get("content_type", "video/mp4")
+        headers = {"Content-Disposition": "inline", "Content-Length": str(stored.size)}
+        return SlotResponse(stored.chunks, release, media_type=kind, headers=headers)
 
     return api
