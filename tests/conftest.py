@@ -331,14 +331,15 @@ def client(base_server: ServerProcess) -> Iterator[httpx.Client]:
 class RedisProcess:
     """A real `redis-server` on a free loopback port, without persistence, in its own folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *settings: str) -> None:
+        """`settings`: more redis-server arguments (e.g. --maxmemory 3mb)."""
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed: apt-get install redis-server (README, Development)")
         self.port = free_port()
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.process = subprocess.Popen(
-            [*args, "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=folder
+            [*args, "--dir", str(folder), *settings], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=folder
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -9,6 +9,7 @@ import httpx
 import orjson
 
 FINISHED = ("succeeded", "failed", "cancelled")
+OWNER = {"Authorization": "Bearer jobs-tests"}  # the tests' identity: jobs belong to it, and it lists them
 # A request that runs for a few seconds on the tiny SDXL on 2 cores (about 0.1 s a step at 512x512).
 SLOW = {"prompt": "a slow fox", "height": 512, "width": 512, "num_inference_steps": 60, "seed": 1}
 QUICK = {"prompt": "a quick fox", "height": 64, "width": 64, "num_inference_steps": 2, "seed": 7}
@@ -43,11 +44,13 @@ def wait_for(
     raise AssertionError(f"job still {job['status']} after {timeout}s: {job}")
 
 
-def read_events(base_url: str, path: str, timeout: float = 120) -> list[tuple[str, dict[str, Any], float]]:
-    """The whole SSE stream: (event, data, arrival time) until the server closes it."""
+def read_events(
+    base_url: str, path: str, timeout: float = 120, headers: dict[str, str] | None = None
+) -> list[tuple[str, dict[str, Any], float]]:
+    """The whole SSE stream: (event, data, arrival time) until the server closes it (as OWNER unless `headers`)."""
     events = []
     with (
-        httpx.Client(base_url=base_url, timeout=timeout) as http,
+        httpx.Client(base_url=base_url, timeout=timeout, headers=OWNER if headers is None else headers) as http,
         http.stream("GET", path, headers={"Accept": "text/event-stream"}) as response,
     ):
         assert response.status_code == 200, response.read()

@@ -1,17 +1,20 @@
-"""The job stores' contract, the same tests on the memory store and on a real Redis server."""
+"""The job stores' contract, the same tests on the memory store and on a real Redis server: records, changes,
+TTLs, the bounds (--max_jobs, --max_jobs_per_owner, --max_job_result_bytes) and the eviction order, listing per
+owner and kind, results read back in chunks."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
-from kserve_diffusion.errors import JobStoreUnavailable
+from kserve_diffusion.errors import JobStoreUnavailable, TooManyJobs
 from kserve_diffusion.jobs.records import JobRecord, new_job_id
 from kserve_diffusion.jobs.redis_store import RedisJobStore
-from kserve_diffusion.jobs.store import JobStore, MemoryJobStore
+from kserve_diffusion.jobs.store import CHUNK_BYTES, JobStore, MemoryJobStore, StoredResult
 
 from tests.conftest import RedisProcess
 
@@ -31,20 +34,31 @@ def succeeded(r: JobRecord) -> JobRecord | None:
     return None if r.finished else r.ended("succeeded", result_bytes=3)
 
 
+def kept(data: bytes) -> StoredResult:
+    """A result of `data` bytes."""
+    return StoredResult(data)
+
+
 StoreTest = Callable[[JobStore], Coroutine[Any, Any, None]]
+Runner = Callable[..., None]
 
 
 @pytest.fixture(params=["memory", "redis"])
-def run_with_store(request: pytest.FixtureRequest) -> Callable[[StoreTest], None]:
-    """Runs an async test body with a fresh store of each kind (Redis: a fresh model prefix)."""
+def run_with_store(request: pytest.FixtureRequest) -> Runner:
+    """Runs an async test body with a fresh store of each kind (Redis: a fresh model prefix), with the bounds
+    given as keywords (max_jobs, max_result_bytes, max_per_owner, ttl)."""
 
-    def run(body: StoreTest) -> None:
+    def run(body: StoreTest, max_jobs: int = 100, max_result_bytes: int = 10_000, **more: Any) -> None:
         async def main() -> None:
+            ttl = more.get("ttl", TTL)
+            per_owner = more.get("max_per_owner")
             if request.param == "memory":
-                store: JobStore = MemoryJobStore(max_jobs=100, max_result_bytes=10_000, ttl=TTL)
+                store: JobStore = MemoryJobStore(max_jobs, max_result_bytes, ttl, per_owner)
             else:
                 redis: RedisProcess = request.getfixturevalue("redis_server")
-                store = RedisJobStore(redis.url, f"model-{new_job_id()}", TTL, unfinished_ttl=60)
+                store = RedisJobStore(
+                    redis.url, f"model-{new_job_id()}", ttl, 60, max_jobs, max_result_bytes, per_owner
+                )
             await store.start()
             try:
                 await body(store)
@@ -56,7 +70,7 @@ def run_with_store(request: pytest.FixtureRequest) -> Callable[[StoreTest], None
     return run
 
 
-def test_create_read_update_and_forget(run_with_store: Callable[[StoreTest], None]) -> None:
+def test_create_read_update_and_forget(run_with_store: Runner) -> None:
     async def body(store: JobStore) -> None:
         job = record()
         await store.create(job)
@@ -66,7 +80,7 @@ def test_create_read_update_and_forget(run_with_store: Callable[[StoreTest], Non
         assert changed and moved is not None and moved.step == 2 and (await store.get(job.id)) == moved
         same, changed = await store.update(job.id, lambda r: None)
         assert not changed and same == moved
-        done, changed = await store.update(job.id, succeeded, result=b"[1]")
+        done, changed = await store.update(job.id, succeeded, result=kept(b"[1]"))
         assert changed and done is not None and done.status == "succeeded"
         assert await store.result(job.id) == b"[1]"
         await store.delete(job.id)
@@ -76,7 +90,7 @@ def test_create_read_update_and_forget(run_with_store: Callable[[StoreTest], Non
     run_with_store(body)
 
 
-def test_a_cancel_and_a_finish_cannot_both_win(run_with_store: Callable[[StoreTest], None]) -> None:
+def test_a_cancel_and_a_finish_cannot_both_win(run_with_store: Runner) -> None:
     async def body(store: JobStore) -> None:
         for _ in range(10):
             job = record(status="running")
@@ -89,35 +103,61 @@ def test_a_cancel_and_a_finish_cannot_both_win(run_with_store: Callable[[StoreTe
     run_with_store(body)
 
 
-def test_finished_jobs_are_forgotten_after_the_ttl(run_with_store: Callable[[StoreTest], None]) -> None:
+def test_finished_jobs_are_forgotten_after_the_ttl(run_with_store: Runner) -> None:
     async def body(store: JobStore) -> None:
-        finished, waiting = record(), record()
+        finished, waiting = record(owner="token:a"), record(owner="token:a")
         await store.create(finished)
         await store.create(waiting)
-        await store.update(finished.id, succeeded, result=b"[]")
+        await store.update(finished.id, succeeded, result=kept(b"[]"))
         await asyncio.sleep(TTL + 1.2)
         assert await store.get(finished.id) is None and await store.result(finished.id) is None
         assert await store.get(waiting.id) is not None  # unfinished jobs stay
-        assert [r.id for r in await store.recent(10)] == [waiting.id]
+        assert [r.id for r in (await store.recent("token:a", "kserve", 10)).records] == [waiting.id]
 
     run_with_store(body)
 
 
-def test_recent_is_newest_first_bounded_and_filtered(run_with_store: Callable[[StoreTest], None]) -> None:
+def test_recent_lists_one_owner_and_kind_in_pages(run_with_store: Runner) -> None:
     async def body(store: JobStore) -> None:
         made = []
-        for api in ("kserve", "openai", "kserve"):
-            job = record(api=api)
+        for api in ("kserve", "openai", "kserve", "kserve"):
+            job = record(api=api, owner="token:a")
             made.append(job.id)
             await store.create(job)
+            await store.create(record(api=api, owner="token:b"))  # another caller's: never listed for a
             await asyncio.sleep(0.01)
-        assert [r.id for r in await store.recent(2)] == made[::-1][:2]
-        assert [r.id for r in await store.recent(10, api="openai")] == [made[1]]
+        mine = [made[3], made[2], made[0]]
+        page = await store.recent("token:a", "kserve", 2)
+        assert [r.id for r in page.records] == mine[:2] and page.has_more
+        page = await store.recent("token:a", "kserve", 2, after=mine[1])
+        assert [r.id for r in page.records] == mine[2:] and not page.has_more
+        page = await store.recent("token:a", "kserve", 5, ascending=True)
+        assert [r.id for r in page.records] == mine[::-1]
+        assert [r.id for r in (await store.recent("token:a", "openai", 10)).records] == [made[1]]
+        assert (await store.recent("token:a", "kserve", 10, after=new_job_id())).records == []
+        assert (await store.recent("token:c", "kserve", 10)).records == []
 
     run_with_store(body)
 
 
-def test_watchers_see_each_change(run_with_store: Callable[[StoreTest], None]) -> None:
+def test_results_are_read_back_in_chunks(run_with_store: Runner) -> None:
+    async def body(store: JobStore) -> None:
+        job = record(api="openai")
+        await store.create(job)
+        data, video = bytes(range(256)) * (CHUNK_BYTES // 100), b"\x00\x00\x00\x18ftypmp42" * 1000
+        await store.update(job.id, succeeded, result=StoredResult(data, video))
+        stream = await store.read(job.id)
+        assert stream is not None and stream.size == len(data)
+        chunks = [bytes(chunk) async for chunk in stream.chunks]
+        assert len(chunks) == 3 and b"".join(chunks) == data
+        content = await store.read(job.id, "content")
+        assert content is not None and b"".join([bytes(c) async for c in content.chunks]) == video
+        assert await store.read(new_job_id()) is None
+
+    run_with_store(body, max_result_bytes=10 * CHUNK_BYTES)
+
+
+def test_watchers_see_each_change(run_with_store: Runner) -> None:
     async def body(store: JobStore) -> None:
         job = record()
         await store.create(job)
@@ -131,23 +171,59 @@ def test_watchers_see_each_change(run_with_store: Callable[[StoreTest], None]) -
     run_with_store(body)
 
 
-def test_memory_store_bounds() -> None:
-    async def body() -> None:
-        store = MemoryJobStore(max_jobs=2, max_result_bytes=10, ttl=60)
+def test_store_bounds(run_with_store: Runner) -> None:
+    async def body(store: JobStore) -> None:
         first, second = record(), record()
         await store.create(first)
         await store.create(second)
         with pytest.raises(JobStoreUnavailable, match="--max_jobs"):
             await store.create(record())  # both unfinished: full
-        await store.update(first.id, succeeded, result=b"123456")
+        assert await store.room_for(6)
+        await store.update(first.id, succeeded, result=kept(b"123456"))
         third = record()
         await store.create(third)  # the oldest finished one is forgotten for it
         assert await store.get(first.id) is None and await store.get(third.id) is not None
-        await store.update(second.id, succeeded, result=b"123456")
-        await store.update(third.id, succeeded, result=b"123456")  # over 10 bytes: the older result goes
+        assert await store.room_for(6)
+        await store.update(second.id, succeeded, result=kept(b"123456"))
+        assert await store.room_for(6)  # over 10 bytes with it: the older result goes
+        await store.update(third.id, succeeded, result=kept(b"123456"))
         assert await store.get(second.id) is None and await store.result(third.id) == b"123456"
+        assert not await store.room_for(11)  # more than the bound: never
 
-    asyncio.run(body())
+    run_with_store(body, max_jobs=2, max_result_bytes=10, ttl=60, max_per_owner=10)
+
+
+def test_jobs_without_a_result_are_forgotten_first(run_with_store: Runner) -> None:
+    """The attack: one client's submit+cancel pairs pushed out another client's succeeded job."""
+
+    async def body(store: JobStore) -> None:
+        theirs = record(owner="token:victim")
+        await store.create(theirs)
+        await store.update(theirs.id, succeeded, result=kept(b"[1]"))
+        for _ in range(20):
+            spam = record(owner="token:attacker")
+            await store.create(spam)
+            await store.update(spam.id, cancelled)
+        assert await store.result(theirs.id) == b"[1]"
+
+    run_with_store(body, max_jobs=3, ttl=60)
+
+
+def test_one_owner_holds_at_most_its_bound(run_with_store: Runner) -> None:
+    async def body(store: JobStore) -> None:
+        mine = [record(owner="token:busy") for _ in range(2)]
+        for job in mine:
+            await store.create(job)
+        with pytest.raises(TooManyJobs, match="--max_jobs_per_owner"):
+            await store.create(record(owner="token:busy"))
+        other = record(owner="token:other")
+        await store.create(other)  # another caller is not held back
+        await store.update(other.id, succeeded, result=kept(b"1"))
+        await store.update(mine[0].id, cancelled)
+        await store.create(record(owner="token:busy"))  # forgets its own finished job, never another's
+        assert await store.get(mine[0].id) is None and await store.get(other.id) is not None
+
+    run_with_store(body, max_per_owner=2, ttl=60)
 
 
 def test_redis_cancels_reach_the_listening_replica(redis_server: RedisProcess) -> None:
@@ -167,14 +243,39 @@ def test_redis_cancels_reach_the_listening_replica(redis_server: RedisProcess) -
     asyncio.run(body())
 
 
-def test_an_unreachable_redis_is_a_clear_503(redis_server: RedisProcess) -> None:
+def test_an_unreachable_redis_is_a_clear_503(redis_server: RedisProcess, caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         store = RedisJobStore("redis://:secret@127.0.0.1:1/0", "x", 60, 60)
         await store.start()
         with pytest.raises(JobStoreUnavailable) as raised:
             await store.get(new_job_id())
         message = raised.value.message
-        assert "redis://:***@127.0.0.1:1/0" in message and "secret" not in message and ":predict still works" in message
+        # The client learns what still works, not where Redis is nor a Python exception's name.
+        assert message == "the job store is unavailable right now; retry later (synchronous :predict still works)"
         await store.close()
 
     asyncio.run(body())
+    logged = caplog.text
+    assert "redis://:***@127.0.0.1:1/0" in logged and "secret" not in logged
+
+
+def test_a_full_redis_is_called_full(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    redis = RedisProcess(tmp_path, "--maxmemory", "3mb", "--maxmemory-policy", "noeviction")
+
+    async def body() -> None:
+        store = RedisJobStore(redis.url, "full", 60, 60, max_jobs=100_000, max_result_bytes=10**10)
+        await store.start()
+        try:
+            with pytest.raises(JobStoreUnavailable, match=r"^the job store is full \(Redis has no memory left\)"):
+                for _ in range(100):
+                    job = record()
+                    await store.create(job)
+                    await store.update(job.id, succeeded, result=kept(b"x" * 200_000))
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(body())
+    finally:
+        redis.stop()
+    assert re.search(r"job_[0-9a-f]{40}", caplog.text) is None  # no whole job id in the log

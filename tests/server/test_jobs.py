@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ServerProcess, start_server
 from tests.helpers import predict
-from tests.jobs_client import QUICK, SLOW, job_url, read_events, submit, wait_for, wait_idle
+from tests.jobs_client import OWNER, QUICK, SLOW, job_url, read_events, submit, wait_for, wait_idle
 
 VIDEO = {"prompt": "a fox", "task_type": "text2video", "num_frames": 5, "video_width": 64, "video_height": 64}
 
@@ -30,8 +30,9 @@ def jobs_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture
 def http(jobs_server: ServerProcess) -> Iterator[httpx.Client]:
-    """A client; every job still unfinished after the test is cancelled."""
-    with httpx.Client(base_url=jobs_server.url, timeout=120) as client:
+    """A client with a bearer token (its jobs belong to it, so it lists them); every job still unfinished after the
+    test is cancelled."""
+    with httpx.Client(base_url=jobs_server.url, timeout=120, headers=OWNER) as client:
         yield client
         for job in client.get("/v1/models/sdxl/jobs", params={"limit": 100}).json()["jobs"]:
             if job["status"] in ("queued", "running"):
@@ -195,6 +196,8 @@ def test_the_list_is_newest_first_and_bounded(http: httpx.Client) -> None:
     listed = http.get("/v1/models/sdxl/jobs", params={"limit": 2}).json()["jobs"]
     assert [job["id"] for job in listed] == made[::-1][:2]
     assert set(listed[0]) == {"id", "status", "created_at"}
+    anonymous = httpx.get(http.base_url.join("/v1/models/sdxl/jobs"))  # no identity: nothing is listed
+    assert anonymous.status_code == 200 and anonymous.json() == {"jobs": []}
     for limit in ("0", "101", "many"):
         answer = http.get("/v1/models/sdxl/jobs", params={"limit": limit})
         assert answer.status_code == 400 and "limit" in answer.json()["error"], answer.text
@@ -230,7 +233,8 @@ def test_the_timeout_counts_from_submission(http: httpx.Client) -> None:
 
 def test_a_job_outlives_the_connection_that_submitted_it(jobs_server: ServerProcess, http: httpx.Client) -> None:
     body = orjson.dumps({"instances": [{**SLOW, "num_inference_steps": 10}]})
-    head = f"POST /v1/models/sdxl/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    owner = f"Authorization: {OWNER['Authorization']}\r\n"
+    head = f"POST /v1/models/sdxl/jobs HTTP/1.1\r\nHost: x\r\n{owner}Content-Length: {len(body)}\r\n\r\n".encode()
     with socket.create_connection(("127.0.0.1", jobs_server.http_port)) as sock:
         sock.sendall(head + body)
         sock.recv(1)  # the answer has started: the job exists; now leave

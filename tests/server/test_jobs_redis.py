@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -13,10 +15,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import redis
 
 from tests.conftest import RedisProcess, ServerProcess, free_port, server_environment, start_server
 from tests.helpers import predict
-from tests.jobs_client import QUICK, SLOW, job_url, read_events, submit, wait_for, wait_idle
+from tests.jobs_client import OWNER, QUICK, SLOW, job_url, read_events, submit, wait_for, wait_idle
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # the SDK marks the Sora routes deprecated
 
@@ -44,8 +47,8 @@ def replicas(
 def clients(replicas: tuple[ServerProcess, ServerProcess]) -> Iterator[tuple[httpx.Client, httpx.Client]]:
     """Clients of A and B; jobs left unfinished are cancelled afterwards."""
     with (
-        httpx.Client(base_url=replicas[0].url, timeout=120) as a,
-        httpx.Client(base_url=replicas[1].url, timeout=120) as b,
+        httpx.Client(base_url=replicas[0].url, timeout=120, headers=OWNER) as a,
+        httpx.Client(base_url=replicas[1].url, timeout=120, headers=OWNER) as b,
     ):
         yield a, b
         for job in a.get("/v1/models/sdxl/jobs", params={"limit": 100}).json()["jobs"]:
@@ -163,3 +166,91 @@ def test_sigterm_fails_the_queued_jobs_it_cannot_run(
         final = b.get(job_url(job)).json()
         assert final["status"] == "failed" and final["error"]["status"] == 503, final
         assert "submit it again" in final["error"]["message"]
+
+
+def test_idle_event_streams_do_not_starve_the_store(
+    replicas: tuple[ServerProcess, ServerProcess],
+    clients: tuple[httpx.Client, httpx.Client],
+    redis_server: RedisProcess,
+) -> None:
+    """The attack: each SSE stream held a Redis pub/sub connection of its own, and ~100 idle ones took every
+    connection of the pool: job reads became 503s and a finishing job lost its result."""
+    a, b = clients
+    blocker = submit(a, {**SLOW, "num_inference_steps": 150})
+    url = replicas[0].url + job_url(blocker) + "/events"
+
+    async def scenario() -> tuple[dict, int]:
+        limits = httpx.Limits(max_connections=200)
+        async with (
+            httpx.AsyncClient(timeout=60, headers=OWNER, limits=limits) as http,
+            contextlib.AsyncExitStack() as held,
+        ):
+            for _ in range(150):
+                answer = await held.enter_async_context(http.stream("GET", url))
+                assert answer.status_code == 200
+            connections = len(redis.Redis.from_url(redis_server.url).client_list())
+            a.delete(job_url(blocker))
+            done = await asyncio.to_thread(wait_for, a, job_url(submit(a, QUICK)))
+            return done, connections
+
+    done, connections = asyncio.run(scenario())
+    assert done["status"] == "succeeded" and done["predictions"], done
+    assert b.get(job_url(done)).json()["predictions"] == done["predictions"]
+    assert connections < 40, f"{connections} Redis connections with 150 event streams open"
+
+
+@pytest.fixture(scope="module")
+def fragile(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RedisProcess, ServerProcess]]:
+    """A replica on a Redis of its own, run with an LRU eviction policy (which the replica warns about), for the
+    tests that pause it or take records away."""
+    folder = tmp_path_factory.mktemp("fragile")
+    store = RedisProcess(folder, "--maxmemory", "200mb", "--maxmemory-policy", "allkeys-lru")
+    server = start_server(replica_args(tiny_models, store.url), folder / "server.log")
+    yield store, server
+    server.stop()
+    store.stop()
+
+
+def test_an_lru_policy_is_warned_about(fragile: tuple[RedisProcess, ServerProcess]) -> None:
+    assert "maxmemory-policy is allkeys-lru" in fragile[1].log() and "noeviction" in fragile[1].log()
+
+
+def test_a_jobs_end_is_written_once_redis_is_back(fragile: tuple[RedisProcess, ServerProcess]) -> None:
+    store, server = fragile
+    with httpx.Client(base_url=server.url, timeout=60, headers=OWNER) as http:
+        job = submit(http, {**SLOW, "num_inference_steps": 20})
+        wait_for(http, job_url(job), ("running",))
+        store.process.send_signal(signal.SIGSTOP)  # Redis stops answering while the job ends
+        try:
+            deadline = time.monotonic() + 60
+            while "the job store cannot record it yet, retrying" not in server.log():
+                assert time.monotonic() < deadline, server.log()[-3000:]
+                time.sleep(0.2)
+        finally:
+            store.process.send_signal(signal.SIGCONT)
+        done = wait_for(http, job_url(job), timeout=60)
+        assert done["status"] == "succeeded" and done["predictions"][0]["images"], done
+        assert "kserve_diffusion_job_end_retries_total" in http.get("/metrics").text
+
+
+def test_a_record_that_vanishes_is_store_lost_not_cancelled(fragile: tuple[RedisProcess, ServerProcess]) -> None:
+    store, server = fragile
+    with httpx.Client(base_url=server.url, timeout=60, headers=OWNER) as http:
+        cancelled_before = _metric(http, 'kserve_diffusion_jobs_total{status="cancelled"}')
+        job = submit(http, {**SLOW, "num_inference_steps": 150})
+        wait_for(http, job_url(job), ("running",))
+        redis.Redis.from_url(store.url).delete(f"kserve-diffusion:sdxl:job:{job['id']}")  # as an LRU eviction would
+        wait_idle(http, timeout=30)  # the job stopped at its next step: the accelerator is free
+        assert http.get(job_url(job)).status_code == 404
+        assert _metric(http, "kserve_diffusion_job_store_lost_total") == 1.0
+        assert _metric(http, 'kserve_diffusion_jobs_total{status="cancelled"}') == cancelled_before
+    assert "the job store no longer holds this job" in server.log()
+
+
+def _metric(http: httpx.Client, name: str) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no metric {name}")

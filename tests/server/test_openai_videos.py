@@ -26,8 +26,9 @@ def sdk(video_server: ServerProcess) -> Iterator[openai.OpenAI]:
 
 @pytest.fixture
 def http(video_server: ServerProcess) -> Iterator[httpx.Client]:
-    """A plain client for the same server; the server is idle again after the test (cancelled blockers)."""
-    with httpx.Client(base_url=video_server.url, timeout=120) as client:
+    """A plain client for the same server, as the same caller as `sdk` (its bearer token); the server is idle again
+    after the test (cancelled blockers)."""
+    with httpx.Client(base_url=video_server.url, timeout=120, headers={"Authorization": "Bearer unused"}) as client:
         yield client
         wait_idle(client)
 
