@@ -136,8 +136,6 @@ class JobManager:
             limit = self.store.max_result_bytes
             if limit is not None and stored.size > limit:
                 await self._end(job, "failed", {"status": 507, "message": _too_large(stored.size, limit)})
-            elif not await self.store.room_for(stored.size):
-                await self._end(job, "failed", {"status": 507, "message": _no_room(stored.size)})
             else:
                 await self._end(job, "succeeded", result=stored)
         except JobStoreLost:
@@ -163,8 +161,9 @@ class JobManager:
     async def _end(
         self, job: LocalJob, status: str, error: dict[str, Any] | None = None, result: StoredResult | None = None
     ) -> None:
-        """Write the job's end, unless it has one (a cancel that came first wins); retried with backoff while the
-        store is unavailable, until the job's deadline (at least END_RETRY_AT_LEAST seconds)."""
+        """Write the job's end (with room made for its result, or a 507 when none can be), unless it has one (a
+        cancel that came first wins); retried with backoff while the store is unavailable, until the job's
+        deadline (at least END_RETRY_AT_LEAST seconds)."""
 
         def end(record: JobRecord) -> JobRecord | None:
             return None if record.finished else record.ended(status, error, result.size if result else 0)
@@ -174,6 +173,8 @@ class JobManager:
         delay = END_RETRY_FIRST
         while True:
             try:
+                if result is not None and not await self.store.room_for(result.size):
+                    status, error, result = "failed", {"status": 507, "message": _no_room(result.size)}, None
                 record, changed = await self.store.update(job.id, end, result)
                 break
             except JobStoreUnavailable as exc:
