@@ -180,6 +180,14 @@ def test_manifests_validate_against_the_kserve_crds() -> None:
     assert "0 failing" in result.stdout and "ServingRuntime kserve-diffusion" in result.stdout
 
 
+def storage_uris(service: dict[str, Any]) -> list[str]:
+    """Where an InferenceService's files come from: its model's storageUri, or the predictor's storageUris."""
+    predictor = service["spec"]["predictor"]
+    if "storageUri" in predictor["model"]:
+        return [predictor["model"]["storageUri"]]
+    return [entry["uri"] for entry in predictor["storageUris"]]
+
+
 def test_kustomization_builds() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
@@ -216,7 +224,7 @@ def test_inference_services_cover_every_deployment() -> None:
     for mode in ("inferenceservices", "serverless"):
         for model in ("sdxl", "sdxl-refiner", "flux", "wan", "image-video"):
             assert f"{mode}/{model}.yaml" in names
-    schemes = {service["spec"]["predictor"]["model"]["storageUri"].split("://")[0] for service in services.values()}
+    schemes = {uri.split("://")[0] for service in services.values() for uri in storage_uris(service)}
     assert schemes == {"s3", "pvc", "oci"}
     for path, service in services.items():
         predictor = service["spec"]["predictor"]
@@ -250,7 +258,7 @@ def test_the_scale_out_manifests_share_a_redis_and_scale_on_queue_length() -> No
     (store,) = [arg for arg in args if arg.startswith("--job_store=")]
     assert store == f"--job_store=redis://:$(REDIS_PASSWORD)@{host}:{port}/0"
     secret = redis["Secret"]["metadata"]["name"]
-    (password,) = predictor["model"]["env"]
+    (password,) = [item for item in predictor["model"]["env"] if item["name"] == "REDIS_PASSWORD"]
     assert password["name"] == "REDIS_PASSWORD" and password["valueFrom"]["secretKeyRef"]["name"] == secret
     assert redis["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"] == {
         "secretKeyRef": {"name": secret, "key": "password"}
@@ -271,6 +279,32 @@ def test_the_lora_manifest_mounts_the_folder_it_names() -> None:
     (volume,) = [v for v in predictor["volumes"] if v["name"] == mount["name"]]
     assert volume["persistentVolumeClaim"]["claimName"] == docs["PersistentVolumeClaim"]["metadata"]["name"]
     assert mount["readOnly"] is True
+
+
+def test_the_storage_uris_manifest_reads_base_and_adapters_from_their_mounts() -> None:
+    """manifests/loras: with two storageUris, --model_id and --lora_dir are their mount paths."""
+    service = inference_services()[MANIFESTS / "loras" / "sdxl-loras-storageuris.yaml"]
+    predictor = service["spec"]["predictor"]
+    assert "storageUri" not in predictor["model"]  # KServe takes one or the other
+    mounts = [entry["mountPath"] for entry in predictor["storageUris"]]
+    config = parse_config(predictor["model"]["args"], environ={}, cuda_available=lambda: True)
+    assert [config.model_id, config.lora_dir] == mounts
+    assert all(mount.startswith("/mnt/models/") for mount in mounts)  # one parent folder, as KServe asks
+
+
+def test_the_scale_out_replicas_take_their_api_keys_from_a_secret() -> None:
+    docs = manifest_objects()
+    (secret,) = docs[MANIFESTS / "scale-out" / "api-keys.yaml"]
+    model = inference_services()[MANIFESTS / "scale-out" / "wan-jobs.yaml"]["spec"]["predictor"]["model"]
+    (keys,) = [item for item in model["env"] if item["name"] == "API_KEYS"]
+    assert keys["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "keys"}
+    config = parse_config(
+        model["args"], environ={"API_KEYS": secret["stringData"]["keys"]}, cuda_available=lambda: True
+    )
+    assert len(config.api_key_values) == 2 and "CHANGE_ME_1" not in repr(config)
+    redis = {doc["kind"]: doc for doc in docs[MANIFESTS / "scale-out" / "redis.yaml"]}
+    args = redis["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
 
 
 def test_serverless_variants_differ_only_where_knative_needs_it() -> None:
