@@ -422,3 +422,16 @@ def test_infinite_settings_stop_the_start_with_one_line(flags: list[str], tmp_pa
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("kserve-diffusion: error:")]
     assert len(errors) == 1 and re.search(r"expected a finite number", errors[0]), done.stderr[-2000:]
+
+
+def test_the_submit_routes_link_to_the_routes_that_take_their_ids(servers: dict[str, ServerProcess]) -> None:
+    """make fuzz follows these links (schemathesis' stateful phase), so it reaches reads, cancels, events and content
+    with real ids, not only unknown ones."""
+    schema = httpx.get(servers["proxied"].url + "/openapi.json", timeout=30).json()
+    operations = {op["operationId"] for path in schema["paths"].values() for op in path.values() if "operationId" in op}
+    submit_links = schema["paths"]["/v1/models/{model_name}/jobs"]["post"]["responses"]["202"]["links"]
+    video_links = schema["paths"]["/openai/v1/videos"]["post"]["responses"]["200"]["links"]
+    assert set(submit_links) == {"ReadJob", "CancelJob", "JobEvents"}
+    assert set(video_links) == {"RetrieveVideo", "DeleteVideo", "VideoContent"}
+    for link in [*submit_links.values(), *video_links.values()]:
+        assert link["operationId"] in operations

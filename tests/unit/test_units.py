@@ -54,8 +54,11 @@ def test_limits_come_from_the_context() -> None:
         parse_request({"prompt": "x", "num_inference_steps": 11}, strict)
     with pytest.raises(RequestError, match="num_images: must be between 1 and 1, got 2"):
         parse_request({"prompt": "x", "num_images": 2}, strict)
-    with pytest.raises(RequestError, match="height: must be between 64 and 512, got 1024"):
-        parse_request({"prompt": "x"}, strict)
+    with pytest.raises(RequestError, match="height: must be between 64 and 512, got 1040"):
+        parse_request({"prompt": "x", "height": 1040}, strict)
+    # The model's own defaults are left to the family rules, which check the values a request really uses: a
+    # video side's default must not fail an image request on a server with a small --max_side.
+    assert parse_request({"prompt": "x", "height": 64, "width": 64}, strict).video_width == 704
 
 
 def test_several_errors_are_reported_together() -> None:

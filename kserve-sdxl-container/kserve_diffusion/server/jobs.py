@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from kserve.errors import ModelNotFound, ModelNotReady
 
+from ..api.schema import instances_body
 from ..config import ServerConfig
 from ..errors import ServerBusy, ServingError
 from ..jobs.manager import JobManager
@@ -28,6 +29,22 @@ from .auth import caller_identity
 Scope = dict[str, Any]
 MAX_EVENTS_PER_STREAM = 10_000  # then the stream ends, asking the client to reconnect (bounds one stream's work)
 LIST_LIMIT = 100
+
+
+def _link(operation: str) -> dict[str, Any]:
+    """An OpenAPI link from a submission to `operation` on the same job (clients and `make fuzz` follow them)."""
+    return {
+        "operationId": operation,
+        "parameters": {"model_name": "$request.path.model_name", "job_id": "$response.body#/id"},
+    }
+
+
+SUBMITTED = {
+    202: {
+        "description": "the job, queued; its id is in `id` and its route in `Location`",
+        "links": {"ReadJob": _link("read_job"), "CancelJob": _link("cancel_job"), "JobEvents": _link("job_events")},
+    }
+}
 
 
 class Slots:
@@ -137,7 +154,14 @@ def router(jobs: JobManager, config: ServerConfig, downloads: Slots) -> APIRoute
         if model_name != served:
             raise ModelNotFound(model_name)
 
-    @api.post("", status_code=202, summary="Submit a generation as a job (the :predict body)")
+    @api.post(
+        "",
+        status_code=202,
+        summary="Submit a generation as a job (the :predict body)",
+        operation_id="submit_job",
+        responses=SUBMITTED,
+        openapi_extra=instances_body(jobs.service.limits, max_instances),
+    )
     async def submit(model_name: str, request: Request) -> Response:
         check_model(model_name)
         if not jobs.service.ready:
@@ -149,7 +173,7 @@ def router(jobs: JobManager, config: ServerConfig, downloads: Slots) -> APIRoute
             headers["Preference-Applied"] = "respond-async"
         return _json(record.view(), 202, headers)
 
-    @api.get("", summary="The caller's recent jobs, newest first")
+    @api.get("", summary="The caller's recent jobs, newest first", operation_id="list_jobs")
     async def recent(
         model_name: str,
         request: Request,
@@ -160,7 +184,9 @@ def router(jobs: JobManager, config: ServerConfig, downloads: Slots) -> APIRoute
         shown = [{"id": r.id, "status": r.status, "created_at": r.created_at} for r in page.records]
         return _json({"jobs": shown})
 
-    @api.get("/{job_id}", summary="A job: status, progress and, once succeeded, its predictions")
+    @api.get(
+        "/{job_id}", summary="A job: status, progress and, once succeeded, its predictions", operation_id="read_job"
+    )
     async def read(model_name: str, job_id: str, request: Request) -> Response:
         check_model(model_name)
         record = await jobs.get(job_id, caller(request))
@@ -177,12 +203,14 @@ def router(jobs: JobManager, config: ServerConfig, downloads: Slots) -> APIRoute
             return Response(orjson.dumps(record.view()), media_type="application/json")
         return SlotResponse(job_json(record, stored), release, media_type="application/json")
 
-    @api.delete("/{job_id}", summary="Cancel a queued or running job")
+    @api.delete("/{job_id}", summary="Cancel a queued or running job", operation_id="cancel_job")
     async def cancel(model_name: str, job_id: str, request: Request) -> Response:
         check_model(model_name)
         return _json((await jobs.cancel(job_id, caller(request))).view())
 
-    @api.get("/{job_id}/events", summary="The job's changes as Server-Sent Events, until it ends")
+    @api.get(
+        "/{job_id}/events", summary="The job's changes as Server-Sent Events, until it ends", operation_id="job_events"
+    )
     async def events(model_name: str, job_id: str, request: Request) -> StreamingResponse:
         check_model(model_name)
         who = caller(request)

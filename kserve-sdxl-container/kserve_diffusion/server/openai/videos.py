@@ -51,6 +51,20 @@ SET_BY_VIDEOS = {
     "mask": "videos take no mask",
     "mask_url": "videos take no mask",
 }
+# OpenAPI links from a created video to the routes that take its id (clients and `make fuzz` follow them).
+CREATED = {
+    200: {
+        "description": "the video object, queued",
+        "links": {
+            name: {"operationId": operation, "parameters": {"video_id": "$response.body#/id"}}
+            for name, operation in (
+                ("RetrieveVideo", "retrieve_video"),
+                ("DeleteVideo", "delete_video"),
+                ("VideoContent", "video_content"),
+            )
+        },
+    }
+}
 _CONTENT_TYPES = {"mp4": "video/mp4", "gif": "image/gif", "webp": "image/webp"}
 
 
@@ -158,7 +172,12 @@ def router(jobs: JobManager, ttl: float, max_image_bytes: int, owner_header: str
             raise OpenAIError(400, "body: must be a JSON object or a multipart form")
         return body
 
-    @api.post("/videos", responses=ERRORS, summary="Create a video job (OpenAI Videos API)")
+    @api.post(
+        "/videos",
+        responses={**ERRORS, **CREATED},
+        summary="Create a video job (OpenAI Videos API)",
+        operation_id="create_video",
+    )
     async def create(request: Request) -> JSONResponse:
         body = await read_body(request)
         check_served(body.pop("model", None), service.name, service.ready)
@@ -204,7 +223,7 @@ def router(jobs: JobManager, ttl: float, max_image_bytes: int, owner_header: str
             raise error from None
         return JSONResponse(video_object(record, ttl))
 
-    @api.get("/videos", summary="List the caller's recent videos")
+    @api.get("/videos", summary="List the caller's recent videos", operation_id="list_videos")
     async def list_videos(
         request: Request,
         after: Annotated[str | None, Query()] = None,
@@ -223,17 +242,27 @@ def router(jobs: JobManager, ttl: float, max_image_bytes: int, owner_header: str
             }
         )
 
-    @api.get("/videos/{video_id}", responses=ERRORS, summary="A video job's status")
+    @api.get("/videos/{video_id}", responses=ERRORS, summary="A video job's status", operation_id="retrieve_video")
     async def retrieve(video_id: str, request: Request) -> JSONResponse:
         return JSONResponse(video_object(await find(video_id, request), ttl))
 
-    @api.delete("/videos/{video_id}", responses=ERRORS, summary="Delete a video (cancelling it if unfinished)")
+    @api.delete(
+        "/videos/{video_id}",
+        responses=ERRORS,
+        summary="Delete a video (cancelling it if unfinished)",
+        operation_id="delete_video",
+    )
     async def delete(video_id: str, request: Request) -> JSONResponse:
         await find(video_id, request)
         await jobs.forget(video_id, caller(request))
         return JSONResponse({"id": video_id, "object": "video.deleted", "deleted": True})
 
-    @api.get("/videos/{video_id}/content", responses=ERRORS, summary="The video file (MP4 unless asked otherwise)")
+    @api.get(
+        "/videos/{video_id}/content",
+        responses=ERRORS,
+        summary="The video file (MP4 unless asked otherwise)",
+        operation_id="video_content",
+    )
     async def content(request: Request, video_id: str, variant: Annotated[str, Query()] = "video") -> Response:
         if variant != "video":
             raise OpenAIError(400, f"variant: only video is served, got {shown(variant)}", "variant")
