@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 
 from ... import media
 from ...api.messages import shown, type_name
-from ...api.request import GenerationRequest
+from ...api.request import MAX_PROMPT_CHARS, GenerationRequest
 from ...errors import JobNotFound, RequestError, ServerBusy
 from ...jobs.manager import JobManager
 from ...jobs.records import JobRecord
@@ -65,6 +65,19 @@ CREATED = {
         },
     }
 }
+# The create body as OpenAI documents it (our own fields may be added beside): published in /openapi.json.
+CREATE_BODY = {
+    "type": "object",
+    "required": ["prompt"],
+    "properties": {
+        "prompt": {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS},
+        "model": {"type": "string"},
+        "seconds": {"type": "string", "pattern": "^[0-9]{1,4}$", "description": "whole seconds"},
+        "size": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}$", "description": "WIDTHxHEIGHT"},
+        "input_reference": {"type": "string", "description": "an http(s) or data URL (a file in multipart)"},
+    },
+}
+REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": CREATE_BODY}}}}
 _CONTENT_TYPES = {"mp4": "video/mp4", "gif": "image/gif", "webp": "image/webp"}
 
 
@@ -177,6 +190,7 @@ def router(jobs: JobManager, ttl: float, max_image_bytes: int, owner_header: str
         responses={**ERRORS, **CREATED},
         summary="Create a video job (OpenAI Videos API)",
         operation_id="create_video",
+        openapi_extra=REQUEST_BODY,
     )
     async def create(request: Request) -> JSONResponse:
         body = await read_body(request)
