@@ -279,3 +279,17 @@ def test_a_full_redis_is_called_full(tmp_path: Any, caplog: pytest.LogCaptureFix
     finally:
         redis.stop()
     assert re.search(r"job_[0-9a-f]{40}", caplog.text) is None  # no whole job id in the log
+
+
+def test_a_video_stays_listed_after_many_other_jobs(run_with_store: Runner) -> None:
+    """The Videos list read a window of the newest jobs of every kind: 2,000 other jobs pushed a video out."""
+
+    async def body(store: JobStore) -> None:
+        video = record(api="openai", owner="token:a")
+        await store.create(video)
+        for _ in range(600):  # more than the old window of the memory store (500)
+            await store.create(record(owner="token:a"))
+        page = await store.recent("token:a", "openai", 20)
+        assert [r.id for r in page.records] == [video.id] and not page.has_more
+
+    run_with_store(body, max_jobs=1000, max_per_owner=1000, ttl=60)
