@@ -221,3 +221,32 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         ("default", "any other failure, in the same shape"),  # also keeps FastAPI from listing a 422
     )
 }
+
+
+# OpenAPI links from a created video to the routes that take its id (clients and `make fuzz` follow them).
+CREATED_VIDEO = {
+    200: {
+        "description": "the video object, queued",
+        "links": {
+            name: {"operationId": operation, "parameters": {"video_id": "$response.body#/id"}}
+            for name, operation in (
+                ("RetrieveVideo", "retrieve_video"),
+                ("DeleteVideo", "delete_video"),
+                ("VideoContent", "video_content"),
+            )
+        },
+    }
+}
+# The create body as OpenAI documents it (our own fields may be added beside): published in /openapi.json.
+CREATE_BODY = {
+    "type": "object",
+    "required": ["prompt"],
+    "properties": {
+        "prompt": {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS},
+        "model": {"type": "string"},
+        "seconds": {"type": "string", "pattern": "^[0-9]{1,4}$", "description": "whole seconds"},
+        "size": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}$", "description": "WIDTHxHEIGHT"},
+        "input_reference": {"type": "string", "description": "an http(s) or data URL (a file in multipart)"},
+    },
+}
+VIDEO_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": CREATE_BODY}}}}

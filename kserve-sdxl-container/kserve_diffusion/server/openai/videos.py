@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 
 from ... import media
 from ...api.messages import shown, type_name
-from ...api.request import MAX_PROMPT_CHARS, GenerationRequest
+from ...api.request import GenerationRequest
 from ...errors import JobNotFound, RequestError, ServerBusy
 from ...jobs.manager import JobManager
 from ...jobs.records import JobRecord
@@ -27,7 +27,7 @@ from ..auth import caller_identity
 from ..jobs import SlotResponse, Slots
 from .fields import check_served, form_value, our_fields, parse_size, upload_bytes
 from .images import PREFIX
-from .schemas import ERRORS, VIDEO_NAMES, OpenAIError, OpenAIRoute, as_openai_error
+from .schemas import CREATED_VIDEO, ERRORS, VIDEO_BODY, VIDEO_NAMES, OpenAIError, OpenAIRoute, as_openai_error
 
 STATUSES = {
     "queued": "queued",
@@ -51,34 +51,6 @@ SET_BY_VIDEOS = {
     "mask": "videos take no mask",
     "mask_url": "videos take no mask",
 }
-# OpenAPI links from a created video to the routes that take its id (clients and `make fuzz` follow them).
-CREATED = {
-    200: {
-        "description": "the video object, queued",
-        "links": {
-            name: {"operationId": operation, "parameters": {"video_id": "$response.body#/id"}}
-            for name, operation in (
-                ("RetrieveVideo", "retrieve_video"),
-                ("DeleteVideo", "delete_video"),
-                ("VideoContent", "video_content"),
-            )
-        },
-    }
-}
-# The create body as OpenAI documents it (our own fields may be added beside): published in /openapi.json.
-CREATE_BODY = {
-    "type": "object",
-    "required": ["prompt"],
-    "properties": {
-        "prompt": {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS},
-        "model": {"type": "string"},
-        "seconds": {"type": "string", "pattern": "^[0-9]{1,4}$", "description": "whole seconds"},
-        "size": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}$", "description": "WIDTHxHEIGHT"},
-        "input_reference": {"type": "string", "description": "an http(s) or data URL (a file in multipart)"},
-    },
-}
-REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": CREATE_BODY}}}}
-_CONTENT_TYPES = {"mp4": "video/mp4", "gif": "image/gif", "webp": "image/webp"}
 
 
 def video_object(record: JobRecord, ttl: float) -> dict[str, Any]:
@@ -187,10 +159,10 @@ def router(jobs: JobManager, ttl: float, max_image_bytes: int, owner_header: str
 
     @api.post(
         "/videos",
-        responses={**ERRORS, **CREATED},
+        responses={**ERRORS, **CREATED_VIDEO},
         summary="Create a video job (OpenAI Videos API)",
         operation_id="create_video",
-        openapi_extra=REQUEST_BODY,
+        openapi_extra=VIDEO_BODY,
     )
     async def create(request: Request) -> JSONResponse:
         body = await read_body(request)
