@@ -8,7 +8,7 @@ The bodies are v1's: a submission takes what `:predict` takes, and a succeeded j
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -70,6 +70,23 @@ class Slots:
                 self.taken -= 1
 
         return release
+
+
+async def open_download(
+    downloads: Slots, read: Callable[[], Awaitable[Stream | None]]
+) -> tuple[Stream, Callable[[], None]] | None:
+    """A stored part opened under a download slot (ServerBusy when none is free): (its stream, the slot's
+    release); None, with the slot given back, when the part is gone."""
+    release = downloads.take()
+    try:
+        stored = await read()
+    except BaseException:
+        release()
+        raise
+    if stored is None:
+        release()
+        return None
+    return stored, release
 
 
 class SlotResponse(StreamingResponse):
@@ -190,17 +207,10 @@ def router(jobs: JobManager, config: ServerConfig, downloads: Slots) -> APIRoute
     async def read(model_name: str, job_id: str, request: Request) -> Response:
         check_model(model_name)
         record = await jobs.get(job_id, caller(request))
-        if record.status != "succeeded":
-            return Response(orjson.dumps(record.view()), media_type="application/json")
-        release = downloads.take()
-        try:
-            stored = await jobs.read(job_id)
-        except BaseException:
-            release()
-            raise
-        if stored is None:  # forgotten between the two reads
-            release()
-            return Response(orjson.dumps(record.view()), media_type="application/json")
+        opened = await open_download(downloads, lambda: jobs.read(job_id)) if record.status == "succeeded" else None
+        if opened is None:  # not succeeded (or forgotten between the two reads): the job alone
+            return _json(record.view())
+        stored, release = opened
         return SlotResponse(job_json(record, stored), release, media_type="application/json")
 
     @api.delete("/{job_id}", summary="Cancel a queued or running job", operation_id="cancel_job")

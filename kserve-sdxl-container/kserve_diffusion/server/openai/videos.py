@@ -24,7 +24,7 @@ from ...jobs.manager import JobManager
 from ...jobs.records import JobRecord
 from ...redact import request_id
 from ..auth import caller_identity
-from ..jobs import SlotResponse, Slots
+from ..jobs import SlotResponse, Slots, open_download
 from .fields import check_served, form_value, our_fields, parse_size, upload_bytes
 from .images import PREFIX
 from .schemas import CREATED_VIDEO, ERRORS, VIDEO_BODY, VIDEO_NAMES, OpenAIError, OpenAIRoute, as_openai_error
@@ -257,17 +257,12 @@ def router(jobs: JobManager, ttl: float, max_image_bytes: int, owner_header: str
             state = STATUSES[record.status]
             raise OpenAIError(409, f"the video is {state}, not completed: there is no content yet", "video_id")
         try:
-            release = downloads.take()
+            opened = await open_download(downloads, lambda: jobs.read(video_id, "content"))
         except ServerBusy as exc:
             raise OpenAIError(503, exc.message, "video_id", headers=exc.headers) from None
-        try:
-            stored = await jobs.read(video_id, "content")
-        except BaseException:
-            release()
-            raise
-        if stored is None:
-            release()
+        if opened is None:
             raise OpenAIError(404, "the video's content has expired", "video_id", "video_not_found")
+        stored, release = opened
         kind = record.extra.get("content_type", "video/mp4")
         headers = {"Content-Disposition": "inline", "Content-Length": str(stored.size)}
         return SlotResponse(stored.chunks, release, media_type=kind, headers=headers)
