@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from kserve_diffusion.errors import JobStoreUnavailable, TooManyJobs
+from kserve_diffusion.jobs.memory_store import MemoryJobStore
 from kserve_diffusion.jobs.records import JobRecord, new_job_id
 from kserve_diffusion.jobs.redis_store import RedisJobStore
-from kserve_diffusion.jobs.store import CHUNK_BYTES, JobStore, MemoryJobStore, StoredResult
+from kserve_diffusion.jobs.store import CHUNK_BYTES, JobStore, StoredResult
 
 from tests.conftest import RedisProcess
 

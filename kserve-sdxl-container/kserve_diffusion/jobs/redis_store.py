@@ -34,13 +34,12 @@ from .records import JobRecord
 from .redis_scripts import ANONYMOUS, CREATE, FORGET, ROOM
 from .store import (
     CHUNK_BYTES,
-    WATCH_BUFFER,
     Change,
     JobStore,
     Page,
     StoredResult,
     Stream,
-    offer,
+    Watchers,
     store_full,
     too_many_for_owner,
 )
@@ -79,7 +78,7 @@ class RedisJobStore(JobStore):
         self.prefix = f"kserve-diffusion:{model}:"
         self.redis: aioredis.Redis | None = None  # clients' reads
         self.writer: aioredis.Redis | None = None  # job writes, on connections of their own
-        self._watchers: dict[str, set[asyncio.Queue[JobRecord]]] = {}
+        self.watchers = Watchers()
         self._cancels: asyncio.Queue[str] = asyncio.Queue()
         self._listener: asyncio.Task[None] | None = None
         self._scripts: dict[str, Any] = {}
@@ -272,24 +271,6 @@ class RedisJobStore(JobStore):
         records = [JobRecord.from_json(raw) for raw in raws if raw is not None]
         return Page(records[:limit], len(records) > limit)
 
-    @contextlib.asynccontextmanager
-    async def watch(self, job_id: str) -> AsyncIterator[AsyncIterator[JobRecord]]:
-        """The job's changes from this replica's one pub/sub listener, through a bounded queue."""
-        queue: asyncio.Queue[JobRecord] = asyncio.Queue(WATCH_BUFFER)
-        self._watchers.setdefault(job_id, set()).add(queue)
-
-        async def changes() -> AsyncIterator[JobRecord]:
-            while True:
-                yield await queue.get()
-
-        try:
-            yield changes()
-        finally:
-            watchers = self._watchers.get(job_id, set())
-            watchers.discard(queue)
-            if not watchers:
-                self._watchers.pop(job_id, None)
-
     async def _listen(self) -> None:
         """Forever: one pub/sub connection for every job's events and the cancel channel, reconnecting after a
         pause when Redis goes away (event streams re-read their job meanwhile)."""
@@ -302,9 +283,9 @@ class RedisJobStore(JobStore):
                 await pubsub.subscribe(self._key("cancel"))
                 async for message in pubsub.listen():
                     channel = _text(message.get("channel"))
-                    if message.get("type") == "pmessage":
-                        for queue in self._watchers.get(channel[len(events) :], ()):
-                            offer(queue, JobRecord.from_json(message["data"]))
+                    job_id = channel[len(events) :]
+                    if message.get("type") == "pmessage" and self.watchers.watched(job_id):
+                        self.watchers.tell(job_id, JobRecord.from_json(message["data"]))
                     elif message.get("type") == "message":
                         self._cancels.put_nowait(_text(message["data"]))
             except (redis.RedisError, OSError) as exc:

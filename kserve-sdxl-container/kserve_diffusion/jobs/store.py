@@ -1,4 +1,4 @@
-"""What a job store does, and the in-memory store (one replica).
+"""What a job store does (the in-memory and the Redis store both do it), and the pieces both use.
 
 Every store keeps records and results, changes a record atomically (`update`: the change sees the
 current record, so a cancel and a finish cannot both win), tells watchers of each change (the SSE
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,6 +24,41 @@ Change = Callable[[JobRecord], JobRecord | None]  # the new record, or None to l
 WATCH_BUFFER = 64  # changes a slow watcher may fall behind by; the oldest progress is dropped first
 CHUNK_BYTES = 1 << 20  # a result is read back in pieces of this size
 PARTS = ("result", "content")  # the predictions as JSON; the file itself (a video's MP4, for /content)
+
+
+class Watchers:
+    """This process's event streams, by job: each change is offered to every stream that watches its job, through
+    a bounded queue per stream. Both stores keep one (the Redis store feeds it from its one pub/sub listener)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, set[asyncio.Queue[JobRecord]]] = {}
+
+    def watched(self, job_id: str) -> bool:
+        """Whether any stream watches `job_id` (a change nobody watches need not even be decoded)."""
+        return job_id in self._queues
+
+    def tell(self, job_id: str, record: JobRecord) -> None:
+        """Offer the job's new record to every stream watching it."""
+        for queue in self._queues.get(job_id, ()):
+            offer(queue, record)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, job_id: str) -> AsyncIterator[AsyncIterator[JobRecord]]:
+        """The job's changes from now on, until the context ends."""
+        queue: asyncio.Queue[JobRecord] = asyncio.Queue(WATCH_BUFFER)
+        self._queues.setdefault(job_id, set()).add(queue)
+
+        async def changes() -> AsyncIterator[JobRecord]:
+            while True:
+                yield await queue.get()
+
+        try:
+            yield changes()
+        finally:
+            queues = self._queues.get(job_id, set())
+            queues.discard(queue)
+            if not queues:
+                self._queues.pop(job_id, None)
 
 
 @dataclass(frozen=True)
@@ -125,9 +159,11 @@ class JobStore(ABC):
         """`owner`'s jobs made through `api`, newest first (or oldest with `ascending`), at most `limit`, from the
         one after the job `after` (an empty page when `after` is not one of them)."""
 
-    @abstractmethod
+    watchers: Watchers  # set by each store: its event streams in this process
+
     def watch(self, job_id: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[JobRecord]]:
         """The job's records as they change, from now on (enter before reading the current record)."""
+        return self.watchers.watch(job_id)
 
     async def announce_cancel(self, job_id: str) -> None:  # noqa: B027 - one replica: nobody else to tell
         """Tell the replica that runs `job_id` to stop it (the record already says cancelled)."""
@@ -136,147 +172,6 @@ class JobStore(ABC):
         """Ids of jobs other replicas cancelled; a single-replica store never yields."""
         await asyncio.Event().wait()
         yield ""  # pragma: no cover - unreachable, makes this an async generator
-
-
-@dataclass
-class _Kept:
-    record: JobRecord
-    result: StoredResult | None = None
-    expires: float | None = None  # monotonic time, once finished
-
-
-class MemoryJobStore(JobStore):
-    """Jobs in this process: at most `max_jobs` (`max_per_owner` per caller), at most `max_result_bytes` of
-    results, finished ones kept `ttl` seconds."""
-
-    def __init__(self, max_jobs: int, max_result_bytes: int, ttl: float, max_per_owner: int | None = None) -> None:
-        self.max_jobs = max_jobs
-        self.max_result_bytes = max_result_bytes
-        self.max_per_owner = max_per_owner or max_jobs
-        self.ttl = ttl
-        self._jobs: dict[str, _Kept] = {}  # in creation order
-        self._result_bytes = 0
-        self._watchers: dict[str, set[asyncio.Queue[JobRecord]]] = {}
-
-    def _forget(self, job_id: str) -> None:
-        kept = self._jobs.pop(job_id, None)
-        if kept is not None and kept.result is not None:
-            self._result_bytes -= kept.result.size
-
-    def _sweep(self) -> None:
-        now = time.monotonic()
-        for job_id in [k for k, kept in self._jobs.items() if kept.expires is not None and kept.expires <= now]:
-            self._forget(job_id)
-
-    def _forget_oldest_finished(self, owner: object = ..., with_result: bool | None = None) -> bool:
-        """Forget the oldest finished job (of `owner` when given): one without a result first, unless
-        `with_result` says which kind. False when there is none."""
-        finished = [
-            (k, kept)
-            for k, kept in self._jobs.items()
-            if kept.record.finished and (owner is ... or kept.record.owner == owner)
-        ]
-        kinds = (False, True) if with_result is None else (with_result,)
-        for has_result in kinds:
-            victim = next((k for k, kept in finished if (kept.result is not None) == has_result), None)
-            if victim is not None:
-                self._forget(victim)
-                return True
-        return False
-
-    async def create(self, record: JobRecord) -> None:
-        """Keep a new job, forgetting finished ones (the owner's, then anyone's) to make room."""
-        self._sweep()
-        owned = sum(1 for kept in self._jobs.values() if kept.record.owner == record.owner)
-        if owned >= self.max_per_owner and not self._forget_oldest_finished(record.owner):
-            raise too_many_for_owner(self.max_per_owner)
-        if len(self._jobs) >= self.max_jobs and not self._forget_oldest_finished():
-            raise store_full(self.max_jobs)
-        self._jobs[record.id] = _Kept(record)
-
-    async def get(self, job_id: str) -> JobRecord | None:
-        """The job, or None."""
-        self._sweep()
-        kept = self._jobs.get(job_id)
-        return kept.record if kept else None
-
-    async def room_for(self, size: int) -> bool:
-        """Forget the oldest finished results until `size` more bytes fit."""
-        self._sweep()
-        while self._result_bytes + size > self.max_result_bytes:
-            if not self._forget_oldest_finished(with_result=True):
-                return False
-        return True
-
-    async def update(
-        self, job_id: str, change: Change, result: StoredResult | None = None
-    ) -> tuple[JobRecord | None, bool]:
-        """Change the record (one event loop: nothing runs in between); keep the result."""
-        self._sweep()
-        kept = self._jobs.get(job_id)
-        if kept is None:
-            return None, False
-        new = change(kept.record)
-        if new is None:
-            return kept.record, False
-        if result is not None:
-            kept.result = result
-            self._result_bytes += result.size
-        kept.record = new
-        if new.finished:
-            kept.expires = time.monotonic() + self.ttl
-        for queue in self._watchers.get(job_id, ()):
-            offer(queue, new)
-        return new, True
-
-    async def read(self, job_id: str, part: str = "result") -> Stream | None:
-        """The part as memoryview slices of the one stored copy."""
-        self._sweep()
-        kept = self._jobs.get(job_id)
-        data = kept.result.part(part) if kept is not None and kept.result is not None else None
-        if data is None:
-            return None
-
-        return Stream(len(data), _slices(memoryview(data)))
-
-    async def delete(self, job_id: str) -> None:
-        """Forget the job."""
-        self._forget(job_id)
-
-    async def recent(self, owner: str, api: str, limit: int, after: str | None = None, ascending: bool = False) -> Page:
-        """The owner's jobs of `api` in creation order (or its reverse)."""
-        self._sweep()
-        mine = [kept.record for kept in self._jobs.values() if kept.record.owner == owner and kept.record.api == api]
-        if not ascending:
-            mine.reverse()
-        if after is not None:
-            ids = [record.id for record in mine]
-            mine = mine[ids.index(after) + 1 :] if after in ids else []
-        return Page(mine[:limit], len(mine) > limit)
-
-    @contextlib.asynccontextmanager
-    async def watch(self, job_id: str) -> AsyncIterator[AsyncIterator[JobRecord]]:
-        """Changes to the job, through a bounded queue."""
-        queue: asyncio.Queue[JobRecord] = asyncio.Queue(WATCH_BUFFER)
-        self._watchers.setdefault(job_id, set()).add(queue)
-
-        async def changes() -> AsyncIterator[JobRecord]:
-            while True:
-                yield await queue.get()
-
-        try:
-            yield changes()
-        finally:
-            watchers = self._watchers.get(job_id, set())
-            watchers.discard(queue)
-            if not watchers:
-                self._watchers.pop(job_id, None)
-
-
-async def _slices(view: memoryview) -> AsyncIterator[bytes]:
-    """Slices of one buffer, without copying it (Starlette sends memoryviews as they are)."""
-    for start in range(0, len(view), CHUNK_BYTES):
-        yield view[start : start + CHUNK_BYTES]  # type: ignore[misc]
 
 
 def offer(queue: asyncio.Queue[JobRecord], record: JobRecord) -> None:

@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 from ..config import ServerConfig
 from ..runtime import metrics
+from .memory_store import MemoryJobStore
 from .records import STATUSES
 from .redis_store import RedisJobStore
-from .store import JobStore, MemoryJobStore
+from .store import JobStore
 
 
 def _memory(config: ServerConfig) -> JobStore:
