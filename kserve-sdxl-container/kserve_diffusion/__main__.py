@@ -30,13 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
-        from .pipelines import serving_family
+        from .pipelines import resolve_model_type, serving_family
         from .runtime.service import GenerationService
         from .server.app import serve
 
         # Progress bars garble the one-line-per-event server log.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
+        config = resolve_model_type(config)  # --model_type auto: the family the folder holds
         service = GenerationService(config, serving_family(config))
         service.load()
     except ConfigError as exc:

@@ -21,7 +21,7 @@ def config(argv: list[str], env: dict[str, str] | None = None, tmp_path: Path | 
 
 def test_defaults() -> None:
     cfg = config(["--env_file", "/nonexistent/.env"])
-    assert (cfg.model_type, cfg.model_id, cfg.device, cfg.dtype) == ("sdxl", "/mnt/models", "cpu", "float32")
+    assert (cfg.model_type, cfg.model_id, cfg.device, cfg.dtype) == ("auto", "/mnt/models", "cpu", "float32")
     assert (cfg.max_num_images, cfg.max_steps, cfg.use_refiner) == (4, 150, False)
     assert cfg.model_server["http_port"] == 8080 and cfg.model_server["grpc_port"] == 8081
 
@@ -38,8 +38,12 @@ def test_precedence_cli_over_env_over_dotenv(tmp_path: Path) -> None:
 
 def test_device_and_dtype_auto() -> None:
     on_gpu = parse_config(["--env_file", "/none"], environ={}, cuda_available=lambda: True)
-    assert (on_gpu.device, on_gpu.dtype) == ("cuda", "float16")
-    offload = parse_config(["--device", "enable_model_cpu_offload"], environ={}, cuda_available=lambda: True)
+    assert (on_gpu.device, on_gpu.dtype) == ("cuda", "auto")  # settled with the family (pipelines/detect.py)
+    sdxl = parse_config(["--model_type", "sdxl"], environ={}, cuda_available=lambda: True)
+    assert (sdxl.device, sdxl.dtype) == ("cuda", "float16")
+    offload = parse_config(
+        ["--model_type", "sdxl", "--device", "enable_model_cpu_offload"], environ={}, cuda_available=lambda: True
+    )
     assert offload.dtype == "float16"
     assert config(["--dtype", "float32", "--device", "cuda"]).dtype == "float32"
 
@@ -161,7 +165,7 @@ def test_limits_come_from_the_settings() -> None:
 
 def test_video_model_dtype_and_flags() -> None:
     cuda = lambda: True  # noqa: E731
-    combined = parse_config(["--video_model_id", "/m/wan"], {}, cuda_available=cuda)
+    combined = parse_config(["--model_type", "sdxl", "--video_model_id", "/m/wan"], {}, cuda_available=cuda)
     assert (combined.dtype, combined.video_dtype) == ("float16", "bfloat16")  # each family's own auto
     assert parse_config(["--model_type", "wan"], {}, cuda_available=cuda).dtype == "bfloat16"
     explicit = parse_config(["--video_model_id", "/m/wan", "--dtype", "float32"], {}, cuda_available=cuda)

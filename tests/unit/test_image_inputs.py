@@ -140,7 +140,10 @@ def test_task_inference(fields: dict, task: str) -> None:
         ({"mask_url": "https://example.com/m.png"}, "mask_url: given without an image"),
         ({"task_type": "inpaint", "image": B64}, "mask: task_type inpaint needs mask or mask_url"),
         ({"task_type": "img2img"}, "image: task_type img2img needs image or image_url"),
-        ({"image": B64, "image_url": "https://example.com/a.png"}, "image: give either image or image_url"),
+        (
+            {"image": B64, "image_url": "https://example.com/a.png"},
+            "image: give one of image, image_url, images, not both image and image_url",
+        ),
     ],
 )
 def test_task_inference_errors(fields: dict, message: str) -> None:

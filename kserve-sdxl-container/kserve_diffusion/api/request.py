@@ -3,6 +3,8 @@
 Static ranges live in the field definitions; the operator's limits (--max_steps, ...) arrive as
 the validation context. Every violation becomes one 400 message naming the field, what is allowed
 and the value received.
+It is one module because the fields, the tables of what each task and family reads, and the v2 kinds derived
+from the fields are one description of a request.
 """
 
 from __future__ import annotations
@@ -15,25 +17,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..config import ServerConfig, defaults
 from ..errors import RequestError, RequestErrors
+from .inputs import MAX_EDIT_IMAGES, read_images
 from .loras import LoraChoice, read_loras
 from .messages import describe_error, shown
 
-TASK_TYPES = ("text2img", "img2img", "inpaint", "text2video", "img2video")
+TASK_TYPES = ("text2img", "img2img", "inpaint", "edit", "text2video", "img2video")
 VIDEO_TASKS = ("text2video", "img2video")  # the tasks answered with a video
 # The input images each task reads; each can arrive inline (`image`) or by URL (`image_url`).
 TASK_INPUTS: dict[str, tuple[str, ...]] = {
     "text2img": (),
     "img2img": ("image",),
     "inpaint": ("image", "mask"),
+    "edit": ("image",),  # one picture, or several in `images`
     "text2video": (),
     "img2video": ("image",),
 }
-INPUT_FIELDS = {"image": ("image", "image_url"), "mask": ("mask", "mask_url")}
+# Each input's fields: inline, by URL, and (the pictures of an edit) a list.
+INPUT_FIELDS = {"image": ("image", "image_url", "images"), "mask": ("mask", "mask_url")}
+LIST_TASKS = ("edit",)  # the tasks that read `images`
 # The files each kind of task can be answered with; the first is the default.
 TASK_OUTPUT_FORMATS: dict[str, tuple[str, ...]] = {
     "text2img": ("png", "jpeg", "webp"),
     "img2img": ("png", "jpeg", "webp"),
     "inpaint": ("png", "jpeg", "webp"),
+    "edit": ("png", "jpeg", "webp"),
     "text2video": ("mp4", "gif", "webp"),
     "img2video": ("mp4", "gif", "webp"),
 }
@@ -57,18 +64,27 @@ TASK_DEFAULT_STRENGTH = {"inpaint": 1.0}  # inpainting repaints the masked area 
 MAX_PROMPT_CHARS = 10_000
 MAX_SEED = 2**63 - 1  # fits the v2 INT64 tensor the seed is echoed in
 MIN_SIDE = 64
-MAX_T5_TOKENS = 512  # the most T5 tokens FLUX pipelines accept
+MAX_T5_TOKENS = 512  # the most prompt tokens the FLUX, FLUX.2, Qwen-Image and Z-Image pipelines read
 # Fields only some families read: field -> those families. Sent to another family they would be
 # silently ignored, so they are a 400 naming the families they apply to.
 FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
-    "prompt_2": ("sdxl", "flux"),
+    "prompt_2": ("sdxl", "flux", "flux_kontext"),
     "use_refiner": ("sdxl",),
     "high_noise_frac": ("sdxl",),
     "refiner_inference_steps": ("sdxl",),
-    "true_cfg_scale": ("flux",),
-    "max_sequence_length": ("flux",),
+    "true_cfg_scale": ("flux", "flux_kontext", "qwen_image", "qwen_image_edit"),
+    "max_sequence_length": ("flux", "flux_kontext", "qwen_image", "qwen_image_edit", "flux2", "z_image"),
 }
-FAMILY_TITLES = {"sdxl": "SDXL", "flux": "FLUX", "wan": "Wan video"}
+FAMILY_TITLES = {
+    "sdxl": "SDXL",
+    "flux": "FLUX",
+    "wan": "Wan video",
+    "qwen_image": "Qwen-Image",
+    "qwen_image_edit": "Qwen-Image-Edit",
+    "flux2": "FLUX.2",
+    "z_image": "Z-Image",
+    "flux_kontext": "FLUX.1 Kontext",
+}
 
 
 @dataclass(frozen=True)
@@ -111,7 +127,7 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
 
-    task_type: Literal["text2img", "img2img", "inpaint", "text2video", "img2video"] | None = Field(
+    task_type: Literal["text2img", "img2img", "inpaint", "edit", "text2video", "img2video"] | None = Field(
         None, description="what to generate; inferred when absent"
     )
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what to draw")]
@@ -127,6 +143,12 @@ class GenerationRequest(BaseModel):
     )
     image: str | bytes | None = Field(
         None, min_length=1, repr=False, description="input image inline: base64 or a data URL (v2: the file bytes)"
+    )
+    images: tuple[str | bytes, ...] | None = Field(
+        None,
+        repr=False,
+        description=f"edit: up to {MAX_EDIT_IMAGES} pictures (the family's limit), each base64, a data URL or an "
+        "http(s) URL (v2: a BYTES tensor of several elements)",
     )
     mask_url: str | None = Field(
         None, min_length=1, repr=False, description="inpainting mask (white = repaint): an http(s) or data URL"
@@ -207,6 +229,11 @@ class GenerationRequest(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("images", mode="before")
+    @classmethod
+    def _read_images(cls, value: Any) -> tuple[str | bytes, ...] | None:
+        return read_images(value)
+
     @field_validator("loras", mode="before")
     @classmethod
     def _read_loras(cls, value: Any, info: ValidationInfo) -> tuple[LoraChoice, ...] | None:
@@ -284,12 +311,13 @@ def _v2_kind(annotation: Any) -> str:
     if bytes in members:
         return "bytes"
     (base,) = members
-    if get_origin(base) is tuple:  # a list field (loras): JSON text in a BYTES tensor or parameter
-        return "string"
+    if get_origin(base) is tuple:  # pictures (images): several BYTES elements; adapters (loras): JSON text
+        return "bytes_list" if bytes in get_args(get_args(base)[0]) else "string"
     return "string" if get_origin(base) is Literal else {str: "string", int: "int", float: "float", bool: "bool"}[base]
 
 
-# The v2 value kind of each request field ('string', 'bytes', 'int', 'float' or 'bool'), worked out once.
+# The v2 value kind of each request field ('string', 'bytes', 'bytes_list', 'int', 'float' or 'bool'), worked
+# out once.
 FIELD_KINDS: dict[str, str] = {name: _v2_kind(f.annotation) for name, f in GenerationRequest.model_fields.items()}
 # Fields that hold file bytes (v2 BYTES tensors may carry the raw file).
-FILE_FIELDS = tuple(name for name, kind in FIELD_KINDS.items() if kind == "bytes")
+FILE_FIELDS = tuple(name for name, kind in FIELD_KINDS.items() if kind in ("bytes", "bytes_list"))

@@ -10,6 +10,7 @@ from .request import (
     FAMILY_FIELDS,
     FAMILY_TITLES,
     INPUT_FIELDS,
+    LIST_TASKS,
     MIN_SIDE,
     QUALITY_FORMATS,
     TASK_DEFAULT_STRENGTH,
@@ -27,11 +28,11 @@ from .request import (
 
 
 def given_input(request: GenerationRequest, name: str) -> str | None:
-    """The field that carries input `name` ('image' or 'image_url'), None when absent; both is a 400."""
-    inline, url = INPUT_FIELDS[name]
-    present = [field for field in (inline, url) if getattr(request, field) is not None]
-    if len(present) == 2:
-        raise RequestError(inline, f"give either {inline} or {url}, not both")
+    """The field that carries input `name` ('image', 'image_url' or 'images'), None when absent; two is a 400."""
+    fields = INPUT_FIELDS[name]
+    present = [field for field in fields if getattr(request, field) is not None]
+    if len(present) > 1:
+        raise RequestError(present[0], f"give one of {', '.join(fields)}, not both {present[0]} and {present[1]}")
     return present[0] if present else None
 
 
@@ -67,6 +68,8 @@ def _inferred_task(request: GenerationRequest, default_task: str, served: tuple[
         return "inpaint"
     if not image:
         return default_task
+    if image == "images" or ("edit" in served and "img2img" not in served):
+        return "edit"  # several pictures, or a picture for a model that edits by instruction
     wants_video = bool(request.model_fields_set & set(VIDEO_FIELDS))
     if "img2video" in served and ("img2img" not in served or wants_video):
         return "img2video"
@@ -85,8 +88,16 @@ def resolve_task(request: GenerationRequest, default_task: str, served: tuple[st
             )
         raise RequestError("task_type", f"this server serves {', '.join(served)}, got {task!r}")
     for name in TASK_INPUTS[task]:
-        if given_input(request, name) is None:
-            raise RequestError(name, f"task_type {task} needs {name} or {INPUT_FIELDS[name][1]}")
+        field = given_input(request, name)
+        if field is None:
+            also = " or images" if task in LIST_TASKS else ""
+            raise RequestError(name, f"task_type {task} needs {name} or {INPUT_FIELDS[name][1]}{also}")
+        if field == "images" and task not in LIST_TASKS:
+            raise RequestError(
+                "images", f"several pictures are for task_type edit; {task} takes one picture in image or image_url"
+            )
+    if request.images is not None and not TASK_INPUTS[task]:
+        raise RequestError("images", f"task_type {task} reads no input picture, got {len(request.images)}")
     _check_kind_fields(request, task)
     strength = request.strength
     if strength is None:

@@ -24,7 +24,18 @@ from .settings import ServerConfig, Setting, default_max_body_bytes, settings
 TOKEN_ENV_VARS = ("HUGGINGFACE_TOKEN", "HF_TOKEN")
 JOB_STORE_SCHEMES = ("redis", "rediss", "unix")
 # --dtype auto on an accelerator, per family (the model cards' advice); on the CPU always float32.
-ACCELERATOR_DTYPES = {"sdxl": "float16", "flux": "bfloat16", "wan": "bfloat16"}
+# With --model_type auto the family is known only once its folder is read: "auto" until then (pipelines/detect.py).
+ACCELERATOR_DTYPES = {
+    "auto": "auto",
+    "sdxl": "float16",
+    "flux": "bfloat16",
+    "wan": "bfloat16",
+    "qwen_image": "bfloat16",
+    "qwen_image_edit": "bfloat16",
+    "flux2": "bfloat16",
+    "z_image": "bfloat16",
+    "flux_kontext": "bfloat16",
+}
 # KServe flags passed on to kserve.ModelServer (the rest configure models or transformers).
 MODEL_SERVER_FLAGS = (
     "http_port",
@@ -87,7 +98,8 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _auto_dtype(model_type: str, device: str) -> str:
+def auto_dtype(model_type: str, device: str) -> str:
+    """--dtype auto's choice for a family on a device."""
     return ACCELERATOR_DTYPES[model_type] if device != "cpu" else "float32"
 
 
@@ -121,9 +133,9 @@ def _resolve(values: dict[str, Any], cuda_available: Callable[[], bool], workers
     if values["device"] is None:
         values["device"] = "cuda" if cuda_available() else "cpu"
     explicit_dtype = values["dtype"] != "auto"
-    values["video_dtype"] = values["dtype"] if explicit_dtype else _auto_dtype("wan", values["device"])
+    values["video_dtype"] = values["dtype"] if explicit_dtype else auto_dtype("wan", values["device"])
     if not explicit_dtype:
-        values["dtype"] = _auto_dtype(values["model_type"], values["device"])
+        values["dtype"] = auto_dtype(values["model_type"], values["device"])
     if workers != 1:
         raise ConfigError(
             f"--workers: must be 1, got {workers}: each worker process would load its own copy of the model"

@@ -16,7 +16,10 @@ from functools import cache
 from types import NoneType, UnionType
 from typing import Any
 
-MODEL_TYPES = ("sdxl", "flux", "wan")
+# "auto" reads the family from the model folder's model_index.json (pipelines/detect.py).
+MODEL_TYPES = ("auto", "sdxl", "flux", "wan", "qwen_image", "qwen_image_edit", "flux2", "z_image", "flux_kontext")
+# The variants of the image families (pipelines/image_families.py), for --model_variant.
+MODEL_VARIANTS = ("auto", "qwen_image", "edit", "edit_plus", "dev", "klein", "klein_base", "turbo", "base")
 DEVICES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload", "group_offload", "cpu")
 CACHES = ("none", "first_block", "taylorseer", "mag")
 ATTENTION_BACKENDS = ("default", "native", "efficient", "cudnn", "flash", "flash3", "sage", "xformers", "flex")
@@ -71,7 +74,18 @@ def setting(
 class ServerConfig:
     """Everything the server needs, typed and resolved once at startup."""
 
-    model_type: str = setting("sdxl", "model family to serve", choices=MODEL_TYPES)
+    model_type: str = setting(
+        "auto",
+        "model family to serve; auto reads it from the model folder's model_index.json (a single-file checkpoint "
+        "without one is SDXL)",
+        choices=MODEL_TYPES,
+    )
+    model_variant: str = setting(
+        "auto",
+        "variant of the image family (Qwen-Image-Edit: edit or edit_plus; FLUX.2: dev, klein or klein_base; "
+        "Z-Image: turbo or base; ...), which sets the request defaults; auto: read from the folder",
+        choices=MODEL_VARIANTS,
+    )
     model_id: str = setting("/mnt/models", "local diffusers folder or Hugging Face hub id")
     single_file_model: str | None = setting(
         None, "base weights as one .safetensors checkpoint (FLUX: the transformer only, the rest from --model_id)"

@@ -17,6 +17,7 @@ from diffusers import DiffusionPipeline
 from ..config import ServerConfig
 from ..errors import ConfigError
 from .base import denoisers
+from .image_families import IMAGE_FAMILIES
 
 logger = logging.getLogger("kserve.diffusion")
 # --attention_backend value -> diffusers' backend name (AttentionBackendName), and what it needs.
@@ -30,7 +31,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "xformers": ("xformers", "the xformers package and a CUDA GPU"),
     "flex": ("flex", "PyTorch's flex_attention (torch.compile'd)"),
 }
-SERVED_FAMILIES = ("flux", "wan")
+SERVED_FAMILIES = ("flux", "wan", *IMAGE_FAMILIES)
 
 
 def check_family(config: ServerConfig, families: Sequence[str]) -> None:

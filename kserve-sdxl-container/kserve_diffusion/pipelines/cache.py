@@ -9,6 +9,8 @@ when the layer really computes; the layers times the denoiser calls is what an u
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -25,9 +27,17 @@ from diffusers.models.attention_processor import Attention
 from ..config import ServerConfig
 from ..errors import ConfigError
 from .base import StepObserver, denoisers
+from .image_families import IMAGE_FAMILIES
 
 logger = logging.getLogger("kserve.diffusion")
-CACHED_FAMILIES = ("flux", "wan")
+ALL_CACHES = ("first_block", "taylorseer", "mag")
+# The --cache values diffusers' hooks run on, per family (measured on the tiny models: First Block Cache fails
+# inside the Qwen-Image and FLUX.2 blocks; Z-Image's transformer has no cache hooks at all).
+CACHE_SUPPORT: dict[str, tuple[str, ...]] = {
+    "flux": ALL_CACHES,
+    "wan": ALL_CACHES,
+    **{name: family.caches for name, family in IMAGE_FAMILIES.items()},
+}
 _COUNTER = "kserve_diffusion_counter"
 DEFAULT_THRESHOLDS = {"first_block": 0.05, "mag": 0.06}
 DEFAULT_STEPS = 28  # MagCache is set up for this many steps until a request says otherwise
@@ -165,14 +175,20 @@ def counted(cache: DenoiserCache | None, steps: int, control: StepObserver | Non
         control.cache_skipped(cache.tally.skipped, cache.tally.total)
 
 
-# The tasks whose diffusers pipeline calls its transformer without naming a cache context (FLUX's image-to-image
-# and inpainting): their calls share one context, as the text-to-image pipeline's conditional calls do.
-UNNAMED_CONTEXT_TASKS = frozenset({"img2img", "inpaint"})
+@functools.cache
+def names_contexts(pipeline_class: type[DiffusionPipeline]) -> bool:
+    """Whether a diffusers pipeline names a cache context around its transformer calls (FLUX.1 text-to-image,
+    Qwen-Image and FLUX.2 [klein] do; FLUX.1's image-to-image and inpainting, FLUX.2 [dev] and Kontext do not)."""
+    try:
+        return "cache_context(" in inspect.getsource(pipeline_class.__call__)
+    except (OSError, TypeError):
+        return False
 
 
 def context(cache: DenoiserCache | None, pipeline: DiffusionPipeline, task: str | None) -> AbstractContextManager:
-    """The cache context a pipeline that sets none needs (the cache hooks keep their state per context)."""
-    if cache is None or task not in UNNAMED_CONTEXT_TASKS:
+    """The cache context a pipeline that sets none needs (the cache hooks keep their state per context): its
+    calls share one, as a text-to-image pipeline's conditional calls do."""
+    if cache is None or names_contexts(type(pipeline)):
         return nullcontext()
     return pipeline.transformer.cache_context("cond")
 
@@ -182,21 +198,28 @@ def check_family(config: ServerConfig, families: Sequence[str]) -> None:
     without it (and the log says so)."""
     if config.cache == "none":
         return
-    uncached = [family for family in families if family not in CACHED_FAMILIES]
+    uncached = [family for family in families if config.cache not in CACHE_SUPPORT.get(family, ())]
     if len(uncached) < len(families):
         for family in uncached:
-            logger.info("--cache %s applies to the Wan/FLUX model; %s runs without it", config.cache, family)
+            logger.info("--cache %s applies to the other served model; %s runs without it", config.cache, family)
         return
-    if uncached:
+    if uncached == ["sdxl"]:
         raise ConfigError(
             f"--cache {config.cache}: caches the FLUX and Wan transformers; SDXL's UNet has no cache hooks "
             "(use --cache none, or --compile for SDXL)"
+        )
+    if uncached:
+        family = uncached[0]
+        supported = CACHE_SUPPORT.get(family, ())
+        instead = f"use --cache {' or '.join(supported)}" if supported else "use --cache none, or --compile"
+        raise ConfigError(
+            f"--cache {config.cache}: diffusers' hooks for it do not run on {family}'s transformer ({instead})"
         )
 
 
 def apply_cache(pipelines: Iterable[DiffusionPipeline], family: str, config: ServerConfig) -> DenoiserCache | None:
     """The family's denoisers with --cache's hooks and skip counters; None with --cache none."""
-    if config.cache == "none" or family not in CACHED_FAMILIES:
+    if config.cache not in CACHE_SUPPORT.get(family, ()):
         return None
     cache = DenoiserCache(denoisers(pipelines), family, config)
     logger.info("--cache %s on %s (%d attention layers counted per step)", config.cache, family, cache.tally.layers)

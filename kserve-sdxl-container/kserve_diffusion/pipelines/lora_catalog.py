@@ -27,11 +27,34 @@ FAMILY_TITLES = {
     "sdxl": "SDXL",
     "flux": "FLUX",
     "wan": "Wan",
+    "qwen_image": "Qwen-Image",
+    "flux2": "FLUX.2",
+    "z_image": "Z-Image",
     "sd1": "Stable Diffusion 1.x",
     "sd2": "Stable Diffusion 2.x",
 }
 # sd-scripts' `ss_base_model_version` metadata, by prefix -> family.
-BASE_MODEL_VERSIONS = (("sdxl", "sdxl"), ("flux", "flux"), ("wan", "wan"), ("sd_v1", "sd1"), ("sd_v2", "sd2"))
+BASE_MODEL_VERSIONS = (
+    ("sdxl", "sdxl"),
+    ("flux2", "flux2"),
+    ("flux.2", "flux2"),
+    ("flux", "flux"),
+    ("wan", "wan"),
+    ("qwen_image", "qwen_image"),
+    ("qwen-image", "qwen_image"),
+    ("z_image", "z_image"),
+    ("z-image", "z_image"),
+    ("sd_v1", "sd1"),
+    ("sd_v2", "sd2"),
+)
+# Layer names only one family's transformer has (Qwen-Image's separate image/text MLPs, FLUX.2's fused single-block
+# projection, Z-Image's refiners and `attention` blocks): checked before the shared block prefixes below, which
+# FLUX.1, FLUX.2 and Qwen-Image all use.
+KEY_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("qwen_image", (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")),
+    ("flux2", (".to_qkv_mlp_proj.", "double_stream_modulation")),
+    ("z_image", ("noise_refiner.", "context_refiner.", ".attention.to_q.", ".attention.to_out.")),
+)
 # Key prefixes (in both layouts) -> family, checked in order: FLUX's and Wan's block names first.
 KEY_MARKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("flux", ("lora_unet_double_blocks_", "lora_unet_single_blocks_", "transformer.single_transformer_blocks.")),
@@ -64,6 +87,9 @@ def _family(keys: list[str], metadata: dict[str, str]) -> str | None:
     version = metadata.get("ss_base_model_version", "").lower()
     for prefix, family in BASE_MODEL_VERSIONS:
         if version.startswith(prefix):
+            return family
+    for family, parts in KEY_PARTS:
+        if any(part in key for key in keys for part in parts):
             return family
     for family, marks in KEY_MARKS:
         if any(key.startswith(marks) for key in keys):

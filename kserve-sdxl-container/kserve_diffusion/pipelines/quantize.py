@@ -18,6 +18,7 @@ import torch
 
 from ..config import ServerConfig
 from ..errors import ConfigError
+from .image_families import IMAGE_FAMILIES
 from .loading import pipeline_index, present_components
 
 logger = logging.getLogger("kserve.diffusion")
@@ -27,8 +28,10 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
     "sdxl": ("unet",),
     "flux": ("transformer", "text_encoder_2"),
     "wan": ("transformer", "transformer_2"),
+    **{name: family.quantized for name, family in IMAGE_FAMILIES.items()},
 }
-TEXT_ENCODERS = frozenset({"text_encoder_2"})  # transformers models: transformers' config classes
+# transformers models (transformers' config classes): FLUX.1's T5, the Qwen/Mistral encoders of the image families.
+TEXT_ENCODERS = frozenset({"text_encoder_2", "text_encoder"})
 PACKAGES = {"int8": "torchao", "fp8": "torchao", "nf4": "bitsandbytes"}
 FP8_CAPABILITY = (8, 9)
 

@@ -68,11 +68,19 @@ FLUX_SCHEDULERS: dict[str, SchedulerFactory] = {
 }
 FLUX_DEFAULT_SCHEDULER = "FlowMatchEuler"
 
+# Qwen-Image, FLUX.2, Z-Image and Kontext: their own flow-matching Euler, as configured in the folder (shift,
+# dynamic shifting, time-shift type); the sigma spacings are left out, as their authors tuned for the default.
+FLOW_SCHEDULERS: dict[str, SchedulerFactory] = {"FlowMatchEuler": _from(FlowMatchEulerDiscreteScheduler)}
+
 # family -> (its schedulers, the default name)
 FAMILY_SCHEDULERS: dict[str, tuple[Mapping[str, SchedulerFactory], str]] = {
     "sdxl": (SDXL_SCHEDULERS, SDXL_DEFAULT_SCHEDULER),
     "flux": (FLUX_SCHEDULERS, FLUX_DEFAULT_SCHEDULER),
     "wan": (WAN_SCHEDULERS, WAN_DEFAULT_SCHEDULER),
+    **{
+        family: (FLOW_SCHEDULERS, "FlowMatchEuler")
+        for family in ("qwen_image", "qwen_image_edit", "flux2", "z_image", "flux_kontext")
+    },
 }
 
 

@@ -1,4 +1,4 @@
-"""Input images for img2img, inpainting and img2video: request fields -> fetched/decoded, sized PIL images.
+"""Input images for img2img, inpainting, edit and img2video: request fields -> fetched/decoded, sized PIL images.
 
 Downloads run on the event loop (they only wait on the network); decoding and resizing run in the
 default executor, so neither the event loop nor the accelerator thread does this work.
@@ -14,13 +14,14 @@ from PIL.Image import Image, Resampling
 
 from .. import media
 from ..api.inputs import NO_INPUTS, InputImages
-from ..api.request import TASK_INPUTS, VIDEO_TASKS, GenerationRequest, Limits, fill
+from ..api.request import LIST_TASKS, TASK_INPUTS, VIDEO_TASKS, GenerationRequest, Limits, fill
 from ..api.rules import check_video_volume, given_input, output_size, video_output_size
 from ..config import ServerConfig
 from ..errors import RequestError
 from ..media.fetch import FetchError, FetchPolicy, fetch
 
 _MODES = {"image": "RGB", "mask": "L"}
+PICTURE_TASKS = LIST_TASKS  # tasks whose pipelines size their input pictures themselves
 
 
 @dataclass(frozen=True)
@@ -70,18 +71,31 @@ class InputLoader:
         except media.MediaError as exc:
             raise RequestError(field_name, f"the image {exc}") from None
 
+    def _picture(self, field_name: str, value: str | bytes, mode: str, downloaded: bool) -> Image:
+        data = value if downloaded else self._file_bytes(field_name, value)
+        return self._decode(field_name, data, mode)
+
     def _prepare(
-        self, request: GenerationRequest, sources: dict[str, tuple[str, str | bytes]]
+        self,
+        request: GenerationRequest,
+        sources: dict[str, tuple[str, str | bytes]],
+        pictures: list[tuple[str, str | bytes, bool]] | None = None,
     ) -> tuple[GenerationRequest, InputImages]:
         decoded = {}
         for name, (field_name, value) in sources.items():
             downloaded = isinstance(value, bytes) and field_name.endswith("_url")
-            data = value if downloaded else self._file_bytes(field_name, value)
-            decoded[name] = self._decode(field_name, data, _MODES[name])
-        image = decoded["image"]
+            decoded[name] = self._picture(field_name, value, _MODES[name], downloaded)
         task = request.task_type or ""
+        if pictures is not None:  # edit from several pictures: the output follows the first
+            edited = tuple(self._picture(field, value, "RGB", downloaded) for field, value, downloaded in pictures)
+            width, height = output_size(edited[0].size, request, self.limits, self.size_multiples[task])
+            return fill(request, width=width, height=height), InputImages(image=edited[0], pictures=edited)
+        image = decoded["image"]
         sizing = video_output_size if task in VIDEO_TASKS else output_size
         width, height = sizing(image.size, request, self.limits, self.size_multiples[task])
+        if task in PICTURE_TASKS:  # the pipeline sizes the picture it edits from; only the output size is ours
+            request = fill(request, width=width, height=height)
+            return request, InputImages(image=image, pictures=(image,))
         sized = {
             name: picture
             if picture.size == (width, height)
@@ -107,6 +121,11 @@ class InputLoader:
             return request, NO_INPUTS
         # URL fields hold a URL (downloaded here, to file bytes) or a data URL (decoded with inline values).
         sources: dict[str, tuple[str, str | bytes]] = {}
+        loop = asyncio.get_running_loop()
+        if given_input(request, "image") == "images":
+            assert request.images is not None
+            pictures = [await self._list_item(index, value) for index, value in enumerate(request.images)]
+            return await loop.run_in_executor(None, self._prepare, request, {}, pictures)
         for name in names:
             field_name = given_input(request, name)
             assert field_name is not None  # resolve_task made sure
@@ -114,5 +133,12 @@ class InputLoader:
             if field_name.endswith("_url") and not media.is_data_url(value):
                 value = await self._download(field_name, value)
             sources[name] = (field_name, value)
-        loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._prepare, request, sources)
+
+    async def _list_item(self, index: int, value: str | bytes) -> tuple[str, str | bytes, bool]:
+        """(field name, value, downloaded) of one of `images`: an http(s) URL is downloaded under the fetch
+        rules, anything else (base64, a data URL, v2 file bytes) is decoded with the inline values."""
+        field_name = f"images[{index}]"
+        if isinstance(value, str) and value[:8].lower().startswith(("http://", "https://")):
+            return field_name, await self._download(field_name, value), True
+        return field_name, value, False

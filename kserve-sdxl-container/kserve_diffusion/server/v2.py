@@ -14,7 +14,14 @@ from ..api.request import FIELD_KINDS, VIDEO_TASKS, GenerationRequest
 from ..api.results import GenerationResult
 from ..errors import RequestError
 
-_V2_DECLARED = {"string": "BYTES", "bytes": "BYTES", "int": "INT64", "float": "FP32", "bool": "BOOL"}
+_V2_DECLARED = {
+    "string": "BYTES",
+    "bytes": "BYTES",
+    "bytes_list": "BYTES",
+    "int": "INT64",
+    "float": "FP32",
+    "bool": "BOOL",
+}
 
 
 def check_requested_outputs(request: InferRequest, generation: GenerationRequest) -> None:
@@ -69,7 +76,10 @@ def build_response(request: InferRequest, result: GenerationResult, model_name: 
 
 def input_types() -> list[dict[str, Any]]:
     """The inputs `GET /v2/models/{name}` lists: every request field as a [1] tensor."""
-    return [{"name": name, "datatype": _V2_DECLARED[kind], "shape": [1]} for name, kind in FIELD_KINDS.items()]
+    return [
+        {"name": name, "datatype": _V2_DECLARED[kind], "shape": [-1] if kind == "bytes_list" else [1]}
+        for name, kind in FIELD_KINDS.items()
+    ]
 
 
 def output_types(tasks: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import numpy as np
 from google.protobuf.unknown_fields import UnknownFieldSet
 from kserve.protocol.infer_type import InferInput, InferRequest
 
+from ..api.inputs import MAX_EDIT_IMAGES
 from ..api.messages import named, shown
 from ..api.request import FIELD_KINDS, FIELD_NAMES
 from ..errors import RequestError
@@ -26,6 +27,7 @@ FLOAT_TYPES = ("FP16", "FP32", "FP64")
 V2_DATATYPES = {
     "string": ("BYTES",),
     "bytes": ("BYTES",),
+    "bytes_list": ("BYTES",),
     "int": INTEGER_TYPES,
     "float": (*FLOAT_TYPES, *INTEGER_TYPES),
     "bool": ("BOOL",),
@@ -116,6 +118,19 @@ def _single(data: Any, name: str) -> Any:
     return value
 
 
+def _elements(tensor: InferInput, shape: list[Any]) -> list[bytes | str]:
+    """The elements of a BYTES tensor of pictures (shape [n], 1 <= n <= MAX_EDIT_IMAGES), each file bytes or text."""
+    name = tensor.name
+    if len(shape) != 1 or not isinstance(shape[0], int) or not 1 <= shape[0] <= MAX_EDIT_IMAGES:
+        raise RequestError(name, f"shape must be [n] with n from 1 to {MAX_EDIT_IMAGES}, got {shown(shape)}")
+    raw = getattr(tensor, "_raw_data", None)
+    data = split_bytes_elements(bytes(raw), name) if raw is not None else tensor.data
+    values = list(data) if isinstance(data, (list, tuple)) else [data]
+    if len(values) != shape[0]:
+        raise RequestError(name, f"shape {shape} needs {shape[0]} element(s), got {len(values)}")
+    return [_typed(value, "bytes", "BYTES", name) for value in values]
+
+
 def _tensor_value(tensor: InferInput) -> Any:
     name = tensor.name
     if name not in FIELD_NAMES:
@@ -125,6 +140,8 @@ def _tensor_value(tensor: InferInput) -> Any:
         allowed = ", ".join(V2_DATATYPES[kind])
         raise RequestError(name, f"datatype must be one of {allowed}, got {named(tensor.datatype)}")
     shape = list(tensor.shape)
+    if kind == "bytes_list":
+        return _elements(tensor, shape)
     if not all(isinstance(side, int) for side in shape) or math.prod(shape) != 1:
         raise RequestError(name, f"shape must be [1], got {shown(shape)}")
     raw = getattr(tensor, "_raw_data", None)  # KServe keeps gRPC raw contents here, undecoded

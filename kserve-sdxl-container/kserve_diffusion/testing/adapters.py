@@ -47,6 +47,20 @@ TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
         ),
     },
 }
+# This year's families: the attention and MLP projections diffusers' trainers target (diffusers layout only).
+TARGETS.update(
+    {
+        "qwen_image": {
+            "transformer": (
+                *(f"attn.{name}" for name in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj")),
+                "img_mlp.net.2",
+                "txt_mlp.net.2",
+            )
+        },
+        "flux2": {"transformer": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.to_qkv_mlp_proj")},
+        "z_image": {"transformer": ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0")},
+    }
+)
 KOHYA_BASE_MODEL = {"sdxl": "sdxl_base_v1-0", "flux": "flux1", "wan": "wan2.1"}
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file name save_lora_weights writes
 
@@ -164,5 +178,7 @@ def write_adapters(pipeline: DiffusionPipeline, family: str, folder: Path) -> li
     style = lora_layers(pipeline, family, rank=4, seed=1)
     style_file = save_diffusers_file(pipeline, style, folder / f"{family}-style.safetensors")
     detail = save_diffusers(pipeline, lora_layers(pipeline, family, rank=8, seed=2), folder / f"{family}-detail")
+    if family not in KOHYA_NAMES:  # this year's families: adapters are published in diffusers' layout
+        return [style_file, detail.parent]
     kohya = save_kohya(family, lora_layers(pipeline, family, rank=4, seed=3), folder / f"{family}-kohya.safetensors", 2)
     return [style_file, detail.parent, kohya]

@@ -6,8 +6,10 @@ its own fixed seed, so the tiny refiner's `text_encoder_2` and VAE, and the tiny
 text encoders and VAE, equal the tiny base's.
 
 Usage: python -m kserve_diffusion.testing.tiny --family FAMILY --out DIR [--single-file] [--loras DIR]
-FAMILY: sdxl, sdxl-refiner, sdxl-inpaint, flux (dev-like), flux-schnell, and the Wan variants: wan (Wan2.1 T2V),
-wan-i2v (Wan2.1 I2V), wan22-t2v and wan22-i2v (Wan2.2 A14B: two experts), wan22-ti2v (Wan2.2 TI2V-5B)
+FAMILY: sdxl, sdxl-refiner, sdxl-inpaint, flux (dev-like), flux-schnell, the Wan variants: wan (Wan2.1 T2V),
+wan-i2v (Wan2.1 I2V), wan22-t2v and wan22-i2v (Wan2.2 A14B: two experts), wan22-ti2v (Wan2.2 TI2V-5B), and the
+image families (testing/image_builders.py): qwen_image, qwen_image_edit, qwen_image_edit_plus, flux2 ([dev]),
+flux2_klein, flux2_klein_base, z_image (name its folder *turbo* for Turbo's defaults), flux_kontext
 --loras DIR also writes tiny LoRA adapters for the family into DIR (see testing/adapters.py).
 """
 
@@ -20,12 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from diffusers import (
+    DiffusionPipeline,
     FluxPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
-    WanImageToVideoPipeline,
-    WanPipeline,
 )
 from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import save_file
@@ -33,6 +34,8 @@ from safetensors.torch import save_file
 from . import ldm_export
 from .adapters import write_adapters
 from .builders import build_flux, build_sdxl_base, build_sdxl_inpaint, build_sdxl_refiner, flux_transformer
+from .image_builders import BUILDERS as IMAGE_BUILDERS
+from .image_builders import folder_fixes
 from .tokenizers import build_t5_tokenizer, build_tokenizer
 from .wan_builders import WAN_BUILDERS, build_wan
 
@@ -54,14 +57,14 @@ __all__ = [
 
 
 SDXLPipelines = StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline | StableDiffusionXLInpaintPipeline
-WanPipelines = WanPipeline | WanImageToVideoPipeline
-BUILDERS: dict[str, Callable[[], SDXLPipelines | FluxPipeline | WanPipelines]] = {
+BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
     "sdxl": build_sdxl_base,
     "sdxl-refiner": build_sdxl_refiner,
     "sdxl-inpaint": build_sdxl_inpaint,
     "flux": build_flux,
     "flux-schnell": lambda: build_flux(schnell=True),
     **WAN_BUILDERS,
+    **IMAGE_BUILDERS,
 }
 SDXL_FAMILIES = ("sdxl", "sdxl-refiner", "sdxl-inpaint")
 FLUX_FAMILIES = ("flux", "flux-schnell")
@@ -100,7 +103,17 @@ def _write_flux_single_file(pipeline: FluxPipeline, out: Path) -> Path:
     return checkpoint
 
 
-ADAPTER_FAMILIES = {"sdxl": "sdxl", "flux": "flux", "flux-schnell": "flux", **dict.fromkeys(WAN_BUILDERS, "wan")}
+ADAPTER_FAMILIES = {
+    "sdxl": "sdxl",
+    "flux": "flux",
+    "flux-schnell": "flux",
+    **dict.fromkeys(WAN_BUILDERS, "wan"),
+    "qwen_image": "qwen_image",
+    "qwen_image_edit_plus": "qwen_image",
+    "flux2": "flux2",
+    "flux2_klein": "flux2",
+    "z_image": "z_image",
+}
 
 
 def write(family: str, out: Path, single_file: bool = False, loras: Path | None = None) -> Path:
@@ -118,6 +131,7 @@ def write(family: str, out: Path, single_file: bool = False, loras: Path | None 
     out.mkdir(parents=True, exist_ok=True)
     if not single_file:
         pipeline.save_pretrained(out, safe_serialization=True)
+        folder_fixes(family, out)
         return out
     if family in FLUX_FAMILIES:
         return _write_flux_single_file(pipeline, out)

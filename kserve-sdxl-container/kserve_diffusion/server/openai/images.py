@@ -14,10 +14,12 @@ from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from ... import media
+from ...api.inputs import MAX_EDIT_IMAGES
 from ...api.messages import quoted
-from ...api.request import MAX_PROMPT_CHARS
+from ...api.request import MAX_PROMPT_CHARS, VIDEO_TASKS
 from ...api.results import GenerationResult, cache_fields
 from ...redact import loggable, request_id
 from .fields import check_served, form_value, is_true, our_fields, parse_size, upload_bytes
@@ -38,7 +40,8 @@ SET_BY_IMAGES = {
     "num_images": "send n",
     "width": "send size",
     "height": "send size",
-    "task_type": "the endpoint sets it: generations is text2img, edits is img2img or inpaint",
+    "task_type": "the endpoint sets it: generations is text2img, edits is edit, img2img or inpaint",
+    "images": "send the pictures to /openai/v1/images/edits as multipart files `image[]`",
     "image": "send it to /openai/v1/images/edits as the multipart file `image`",
     "image_url": "send the image to /openai/v1/images/edits as the multipart file `image`",
     "mask": "send it to /openai/v1/images/edits as the multipart file `mask`",
@@ -50,6 +53,8 @@ _EDIT_FORM_FIELDS = frozenset(
     | {"output_compression", "quality", "background", "user", "safety_identifier", "stream"}
 )
 logger = logging.getLogger("kserve.diffusion")
+GENERATION_TASKS = ("text2img",)
+EDIT_TASKS = ("edit", "img2img", "inpaint")
 
 
 class ServedModel(Protocol):
@@ -74,10 +79,15 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
     def card() -> ModelCard:
         return ModelCard(id=model.name, created=started)
 
-    def check_model(name: str | None) -> None:
+    def check_model(name: str | None, route_tasks: tuple[str, ...]) -> None:
         check_served(name, model.name, model.ready)
-        if "text2img" not in model.tasks():
-            raise OpenAIError(400, f"model: {model.name!r} generates video only, not images", "model")
+        served = model.tasks()
+        if not set(route_tasks) & set(served):
+            what = "video only, not images" if not set(served) - set(VIDEO_TASKS) else f"{', '.join(served)}"
+            route = "generations" if route_tasks == GENERATION_TASKS else "edits"
+            raise OpenAIError(
+                400, f"model: {model.name!r} serves {what}; images/{route} needs {' or '.join(route_tasks)}", "model"
+            )
 
     def instance(
         prompt: str, size: str | None, n: int | None, output_format: str | None, compression: int | None
@@ -108,7 +118,7 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
         summary="Create images from a prompt (OpenAI Images API)",
     )
     async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
-        check_model(body.model)
+        check_model(body.model, GENERATION_TASKS)
         if body.response_format == "url":
             raise OpenAIError(
                 400,
@@ -124,12 +134,16 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
         "/images/edits",
         response_model=ImagesResponse,
         responses=ERRORS,
-        summary="Edit an image (img2img), or repaint its masked area (inpaint), from a prompt",
+        summary="Edit pictures by instruction (edit models: several files as image[]), change one (img2img) or "
+        "repaint its masked area (inpaint), from a prompt",
     )
     async def edits(
         request: Request,
-        image: Annotated[UploadFile, File(description="the input image (PNG, JPEG or WebP)")],
         prompt: Annotated[str, Form(min_length=1, max_length=MAX_PROMPT_CHARS)],
+        image: Annotated[
+            UploadFile | None,
+            File(description="the input picture (PNG, JPEG or WebP); several as image[] on an edit model"),
+        ] = None,
         mask: Annotated[
             UploadFile | None, File(description="where to repaint: transparent pixels (OpenAI's way) or white")
         ] = None,
@@ -143,26 +157,54 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
         background: Annotated[Literal["auto", "opaque"] | None, Form()] = None,
         user: Annotated[str | None, Form()] = None,
     ) -> ImagesResponse:
-        check_model(model_name)
+        check_model(model_name, EDIT_TASKS)
         if response_format == "url":
             raise OpenAIError(400, 'response_format: "url" is not supported; use b64_json', "response_format")
         form = await request.form()
-        if len(form.getlist("image")) + len(form.getlist("image[]")) > 1:
-            raise OpenAIError(400, "image: one input image per request", "image")
         if is_true(form.get("stream")):
             raise OpenAIError(400, "stream: streaming is not supported", "stream")
         extra = {key: form_value(key, str(value)) for key, value in form.items() if key not in _EDIT_FORM_FIELDS}
         fields = instance(prompt, size, n, output_format, output_compression)
         fields.update(our_fields(extra, SET_BY_IMAGES))
-        fields["image"] = await upload_bytes(image, "image", max_image_bytes)
-        # Without a mask, the image's own transparent pixels mark where to edit (OpenAI's rule).
+        pictures = await uploaded_pictures([*form.getlist("image"), *form.getlist("image[]")])
         given = await upload_bytes(mask, "mask", max_image_bytes) if mask is not None else None
+        edits_by_instruction = "edit" in model.tasks()
+        if len(pictures) > 1:
+            if not edits_by_instruction:
+                raise OpenAIError(
+                    400,
+                    f"image: {model.name!r} changes one picture (it serves {', '.join(model.tasks())}), got "
+                    f"{len(pictures)}",
+                    "image",
+                )
+            if given is not None:
+                raise OpenAIError(400, "mask: applies to one picture, not to several", "mask")
+            fields["images"] = pictures
+            return await respond(fields, request, user)
+        fields["image"] = pictures[0]
+        if given is None and edits_by_instruction:  # an instruction edits the whole picture, transparency included
+            return await respond(fields, request, user)
+        # Without a mask, the image's own transparent pixels mark where to edit (OpenAI's rule).
         # Decoding the alpha channel is CPU work: off the event loop.
         loop = asyncio.get_running_loop()
         converted = await loop.run_in_executor(None, media.transparent_mask, given or fields["image"], max_pixels)
         if converted is not None or given is not None:
             fields["mask"] = converted or given
         return await respond(fields, request, user)
+
+    async def uploaded_pictures(files: list[Any]) -> list[bytes]:
+        """The bytes of the uploaded `image` / `image[]` files, each checked; at least one."""
+        if not files:
+            raise OpenAIError(400, "image: required: the input picture as a file (several as image[])", "image")
+        if len(files) > MAX_EDIT_IMAGES:
+            raise OpenAIError(400, f"image: at most {MAX_EDIT_IMAGES} pictures, got {len(files)}", "image")
+        pictures = []
+        for index, upload in enumerate(files):
+            name = "image" if len(files) == 1 else f"image[{index}]"
+            if not isinstance(upload, StarletteUpload):
+                raise OpenAIError(400, f"{name}: must be a file, got a text field", "image")
+            pictures.append(await upload_bytes(upload, name, max_image_bytes))
+        return pictures
 
     async def respond(fields: dict[str, Any], request: Request, user: str | None) -> ImagesResponse:
         rid = request_id(request.headers.get("x-request-id"))
