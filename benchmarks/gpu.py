@@ -18,12 +18,14 @@ from kserve_diffusion.api.inputs import NO_INPUTS, InputImages
 from kserve_diffusion.api.request import DEFAULT_LIMITS, parse_request
 from kserve_diffusion.config import ServerConfig, defaults
 from kserve_diffusion.errors import ConfigError
-from kserve_diffusion.pipelines import flux, quantize, sdxl, wan
+from kserve_diffusion.pipelines import flux, image_runner, quantize, sdxl, wan
 from kserve_diffusion.pipelines.base import Runner
-from kserve_diffusion.testing import tiny
+from kserve_diffusion.pipelines.image_families import IMAGE_FAMILIES
+from kserve_diffusion.testing import image_builders, tiny
 from PIL import Image
 
 from benchmarks import architectures
+from benchmarks.image_architectures import IMAGE_BUILDERS
 
 DEVICE_MODES = ("cuda", "enable_model_cpu_offload", "enable_sequential_cpu_offload", "group_offload")
 SPEED_OPTIONS: dict[str, dict[str, Any]] = {
@@ -44,6 +46,10 @@ CACHE_NOTE = "cache skipped (random weights: not representative)"
 PUBLISHED_H100 = {
     "sdxl": "2.50 eager, 1.47 TensorRT",
     "flux": "6.57 bf16 eager, 4.21 compiled, 2.97 fp8 + compile",
+    # SGLang Diffusion's CI on one H100 (issue 27's sources)
+    "qwen_image": "13.1 (SGLang CI)",
+    "flux2_klein": "0.48 (SGLang CI)",
+    "flux2_dev": "25.0 (SGLang CI)",
 }
 DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 
@@ -65,6 +71,33 @@ def _video(task: str, width: int, height: int, frames: int, steps: int) -> dict[
     return {"task_type": task, **picture, **size}
 
 
+# This year's image families (issue 27's figures): sequential offload of 6-32B transformers is skipped too.
+IMAGE_CASES = (
+    Case(
+        "Qwen-Image 1024x1024, 50 steps",
+        "qwen_image",
+        {"height": 1024, "width": 1024, "num_inference_steps": 50},
+        skipped_modes=("enable_sequential_cpu_offload",),
+    ),
+    Case(
+        "FLUX.2 [klein] 4B 1024x1024, 4 steps",
+        "flux2_klein",
+        {"height": 1024, "width": 1024, "num_inference_steps": 4},
+        skipped_modes=("enable_sequential_cpu_offload",),
+    ),
+    Case(
+        "FLUX.2 [dev] 1024x1024, 50 steps",
+        "flux2_dev",
+        {"height": 1024, "width": 1024, "num_inference_steps": 50},
+        skipped_modes=("enable_sequential_cpu_offload",),
+    ),
+    Case(
+        "Z-Image-Turbo 1024x1024, 9 steps",
+        "z_image",
+        {"height": 1024, "width": 1024, "num_inference_steps": 9},
+        skipped_modes=("enable_sequential_cpu_offload",),
+    ),
+)
 # Sequential offload of 5-27B video transformers takes many minutes a run: those cases skip it.
 SLOW_FOR_VIDEO = ("enable_sequential_cpu_offload",)
 
@@ -112,6 +145,7 @@ CASES = (
         _video("img2video", 1280, 704, 33, 20),
         skipped_modes=SLOW_FOR_VIDEO,
     ),
+    *IMAGE_CASES,
 )
 
 
@@ -124,6 +158,7 @@ class Builders:
     flux: Callable[[], Any]
     wan: dict[str, Callable[[], Any]]  # per Wan builder name
     dtypes: dict[str, torch.dtype]
+    images: dict[str, Callable[[], Any]]  # per image_architectures.IMAGE_BUILDERS name
 
 
 FULL_SIZE = Builders(
@@ -136,7 +171,8 @@ FULL_SIZE = Builders(
         "wan22-i2v": architectures.build_wan22_i2v,
         "wan22-ti2v": architectures.build_wan22_ti2v,
     },
-    dtypes=architectures.DTYPES,
+    dtypes={**architectures.DTYPES, **dict.fromkeys(IMAGE_BUILDERS, torch.bfloat16)},
+    images={name: build for name, (_, _, build) in IMAGE_BUILDERS.items()},
 )
 # The same loop with the tiny models on the CPU: how the tests check this mode without a GPU.
 TINY = Builders(
@@ -144,7 +180,13 @@ TINY = Builders(
     sdxl_refiner=lambda base: tiny.build_sdxl_refiner(),
     flux=tiny.build_flux,
     wan=tiny.WAN_BUILDERS,
-    dtypes=dict.fromkeys(architectures.DTYPES, torch.float32),
+    dtypes=dict.fromkeys([*architectures.DTYPES, *IMAGE_BUILDERS], torch.float32),
+    images={
+        "qwen_image": image_builders.build_qwen_image,
+        "flux2_dev": image_builders.build_flux2_dev,
+        "flux2_klein": image_builders.build_flux2_klein,
+        "z_image": image_builders.build_z_image,
+    },
 )
 
 
@@ -168,6 +210,8 @@ def _runner(case: Case, builders: Builders, config: ServerConfig, build_device: 
             refiner = builders.sdxl_refiner(base) if case.refiner else None
         elif case.family == "flux":
             pipeline = builders.flux()
+        elif case.family in IMAGE_BUILDERS:
+            pipeline = builders.images[case.family]()
         else:
             pipeline = builders.wan[case.family]()
     if config.device != "cuda" and build_device != "cpu":
@@ -182,6 +226,10 @@ def _runner(case: Case, builders: Builders, config: ServerConfig, build_device: 
     if case.family == "flux":
         quantize.quantize_built(pipeline, "flux", config)
         return flux.assemble(pipeline, config, "dev")
+    if case.family in IMAGE_BUILDERS:
+        family, variant, _ = IMAGE_BUILDERS[case.family]
+        quantize.quantize_built(pipeline, family, config)
+        return image_runner.assemble(pipeline, config, IMAGE_FAMILIES[family], variant)
     quantize.quantize_built(pipeline, "wan", config)
     return wan.assemble(pipeline, config)
 
