@@ -18,6 +18,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 from kserve_diffusion.testing import tiny
 
 from tests.conftest import ServerProcess, start_server
+from tests.docs_examples import examples, run
 from tests.helpers import as_data_url, decode_data_url, grpc_infer, only_image, open_image, predict
 from tests.image_host import gradient, mask, png
 from tests.jobs_client import OWNER, submit, wait_for
@@ -43,9 +44,13 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _serve(folders: dict[str, Path], name: str, tmp: pytest.TempPathFactory, *args: str) -> Iterator[ServerProcess]:
+def _serve(
+    folders: dict[str, Path], name: str, tmp: pytest.TempPathFactory, *args: str, model_name: str = ""
+) -> Iterator[ServerProcess]:
     log = tmp.mktemp("logs") / f"{name}.log"
-    server = start_server(["--model_id", str(folders[name]), *args], log, {"HF_HUB_OFFLINE": "1"}, model_name=name)
+    server = start_server(
+        ["--model_id", str(folders[name]), *args], log, {"HF_HUB_OFFLINE": "1"}, model_name=model_name or name
+    )
     yield server
     server.stop()
 
@@ -58,8 +63,8 @@ def qwen(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def edit_plus(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Qwen-Image-Edit-Plus (2511's folder layout)."""
-    yield from _serve(folders, "qwen_image_edit_plus", tmp_path_factory)
+    """Qwen-Image-Edit-Plus (2511's folder layout), as "qwen-edit" (docs/models.md's example)."""
+    yield from _serve(folders, "qwen_image_edit_plus", tmp_path_factory, model_name="qwen-edit")
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +170,12 @@ def test_edit_plus_two_pictures_over_v1_v2_grpc_and_jobs(edit_plus: ServerProces
     # gRPC: the files themselves in raw contents, one tensor of two elements
     prompt = InferInput("prompt", [1], "BYTES")
     prompt.set_data_from_numpy(np.array([b"put the cat from picture 2 on the sofa"], dtype=object), binary_data=True)
-    request = InferRequest("qwen_image_edit_plus", [prompt, _pictures_tensor(True)], parameters=dict(STEPS))
+    request = InferRequest("qwen-edit", [prompt, _pictures_tensor(True)], parameters=dict(STEPS))
     response = grpc_infer(edit_plus.grpc_target, request)
     assert {output.name: output for output in response.outputs}["images"].as_numpy()[0] == expected
     # v2 REST: base64 text elements in JSON
     rest = httpx.post(
-        f"{edit_plus.url}/v2/models/qwen_image_edit_plus/infer",
+        f"{edit_plus.url}/v2/models/qwen-edit/infer",
         json={
             "inputs": [
                 {
@@ -197,9 +202,9 @@ def test_edit_plus_two_pictures_over_v1_v2_grpc_and_jobs(edit_plus: ServerProces
         job = submit(
             http,
             {"prompt": "put the cat from picture 2 on the sofa", "images": pictures, **STEPS},
-            model="qwen_image_edit_plus",
+            model="qwen-edit",
         )
-        done = wait_for(http, f"/v1/models/qwen_image_edit_plus/jobs/{job['id']}", timeout=180)
+        done = wait_for(http, f"/v1/models/qwen-edit/jobs/{job['id']}", timeout=180)
         assert done["status"] == "succeeded", done
         assert decode_data_url(done["predictions"][0]["images"][0])[1] == expected
 
@@ -308,7 +313,7 @@ def test_over_limit_pictures_and_ignored_fields_are_400s(
     )
     assert rest.status_code == 400 and "images: shape [3] needs 3 element(s), got 2" in rest.json()["error"]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        request = InferRequest("qwen_image_edit_plus", [_pictures_tensor(True)], parameters={"prompt": "x"})
+        request = InferRequest("qwen-edit", [_pictures_tensor(True)], parameters={"prompt": "x"})
         request.inputs[0].shape = [11]
         grpc_infer(edit_plus.grpc_target, request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -327,7 +332,15 @@ def test_a_contradicting_model_type_stops_the_start(folders: dict[str, Path]) ->
 
 
 def test_the_capabilities_of_an_edit_model_in_v2_metadata(edit_plus: ServerProcess) -> None:
-    metadata = httpx.get(f"{edit_plus.url}/v2/models/qwen_image_edit_plus", timeout=30).json()
+    metadata = httpx.get(f"{edit_plus.url}/v2/models/qwen-edit", timeout=30).json()
     inputs = {item["name"]: item for item in metadata["inputs"]}
     assert inputs["images"] == {"name": "images", "datatype": "BYTES", "shape": [-1]}
     assert open_image(PICTURE).size == (100, 70)
+
+
+def test_the_families_examples_run_as_written(edit_plus: ServerProcess, tmp_path: Path) -> None:
+    """docs/models.md's calls to the tiny Qwen-Image-Edit-Plus served as "qwen-edit" (the docs' port 8092)."""
+    blocks = examples("localhost:8092")
+    assert blocks, "docs/models.md has an edit example"
+    answers = "\n".join(run(example, edit_plus, tmp_path, "localhost:8092") for example in blocks)
+    assert '"task_type": "edit"' in answers
