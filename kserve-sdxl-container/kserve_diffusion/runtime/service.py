@@ -110,10 +110,13 @@ class GenerationService:
         assert self.inputs is not None
         tasks = dict.fromkeys(task for task in (runner.default_task, *VIDEO_TASKS) if task in runner.tasks)
         for task in tasks:
-            request = runner.check(parse_request({"prompt": "warm-up", "task_type": task}, self.limits), self.limits)
+            fields: dict[str, Any] = {"prompt": "warm-up", "task_type": task}
+            if TASK_INPUTS[task]:  # img2video and edit read a picture: the grey one below
+                fields["image"] = media.to_base64(WARM_UP_PICTURE)
+            request = runner.check(parse_request(fields, self.limits), self.limits)
             request = fill(request, num_inference_steps=min(2, request.num_inference_steps or 2))
             inputs = NO_INPUTS
-            if TASK_INPUTS[task]:  # img2video: a grey picture of the default video's shape
+            if TASK_INPUTS[task]:  # a grey picture of the default video's shape
                 request, inputs = self.inputs.prepare_now(request, WARM_UP_PICTURE)
             started = time.perf_counter()
             self.worker.call(partial(runner.generate, request, 0, inputs))
