@@ -238,3 +238,33 @@ def test_caches_a_family_cannot_run_are_startup_errors(
 def test_fill_keeps_what_the_client_sent() -> None:
     request = fill(parse_request({"prompt": "x", "images": ["eA=="]}, LIMITS), width=64)
     assert request.model_fields_set == {"prompt", "images"}
+
+
+def test_an_edits_pictures_share_one_pixel_budget() -> None:
+    import asyncio
+    import base64
+    import io
+
+    from kserve_diffusion.runtime.inputs import InputLoader, InputPolicy
+    from PIL import Image
+
+    def picture(width: int, height: int) -> str:
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height), "grey").save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    policy = InputPolicy.from_config(defaults(max_image_pixels=10_000))
+    loader = InputLoader(policy, LIMITS, {"edit": 16})
+    plus = runner("qwen_image_edit", "edit_plus")
+    fitting = plus.check(
+        parse_request({"prompt": "x", "images": [picture(100, 100), picture(100, 100)]}, LIMITS), LIMITS
+    )
+    request, inputs = asyncio.run(loader.load(fitting))
+    assert len(inputs.pictures) == 2 and (request.width, request.height) == (96, 96)
+    three = [picture(100, 100)] * 3  # 30,000 pixels: past twice 10,000 before the third is decoded
+    over = plus.check(parse_request({"prompt": "x", "images": three}, LIMITS), LIMITS)
+    with pytest.raises(
+        RequestError,
+        match=r"images: the pictures together may hold at most 20000 pixels .*images\[2\] has 10000, only 0 remain",
+    ):
+        asyncio.run(loader.load(over))

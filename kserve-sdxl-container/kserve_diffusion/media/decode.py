@@ -105,6 +105,16 @@ def open_image(data: bytes, mode: str, max_pixels: int) -> Image:
         raise MediaError(f"could not be decoded as {image.format} ({exc})") from None
 
 
+def header_pixels(data: bytes) -> int | None:
+    """Width x height from a PNG, JPEG or WebP header (no pixel decoded); None when it cannot be read."""
+    try:
+        with PILImage.open(io.BytesIO(data), formats=INPUT_FORMATS) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, PILImage.DecompressionBombError):
+        return None
+    return width * height
+
+
 def transparent_mask(data: bytes, max_pixels: int) -> bytes | None:
     """OpenAI's mask convention (fully transparent pixels are repainted) as our white-on-black PNG mask;
     None when the image has no fully transparent pixel or cannot be read (it is then used as it is)."""

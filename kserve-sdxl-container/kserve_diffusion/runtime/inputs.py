@@ -75,6 +75,25 @@ class InputLoader:
         data = value if downloaded else self._file_bytes(field_name, value)
         return self._decode(field_name, data, mode)
 
+    def _pictures(self, pictures: list[tuple[str, str | bytes, bool]]) -> tuple[Image, ...]:
+        """An edit's pictures, decoded one by one: together at most twice --max_image_pixels (what an inpainting
+        request's picture and mask may hold), each checked from its header before its pixels are decoded."""
+        budget = 2 * self.policy.max_pixels
+        decoded = []
+        for field_name, value, downloaded in pictures:
+            data = value if downloaded else self._file_bytes(field_name, value)
+            pixels = media.header_pixels(data)  # None when unreadable: decoding says why
+            if pixels is not None and pixels > budget:
+                raise RequestError(
+                    "images",
+                    f"the pictures together may hold at most {2 * self.policy.max_pixels} pixels (twice "
+                    f"--max_image_pixels); {field_name} has {pixels}, only {budget} remain",
+                )
+            picture = self._decode(field_name, data, "RGB")
+            budget -= picture.width * picture.height
+            decoded.append(picture)
+        return tuple(decoded)
+
     def _prepare(
         self,
         request: GenerationRequest,
@@ -87,7 +106,7 @@ class InputLoader:
             decoded[name] = self._picture(field_name, value, _MODES[name], downloaded)
         task = request.task_type or ""
         if pictures is not None:  # edit from several pictures: the output follows the first
-            edited = tuple(self._picture(field, value, "RGB", downloaded) for field, value, downloaded in pictures)
+            edited = self._pictures(pictures)
             width, height = output_size(edited[0].size, request, self.limits, self.size_multiples[task])
             return fill(request, width=width, height=height), InputImages(image=edited[0], pictures=edited)
         image = decoded["image"]
