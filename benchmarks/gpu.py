@@ -72,31 +72,19 @@ def _video(task: str, width: int, height: int, frames: int, steps: int) -> dict[
 
 
 # This year's image families (issue 27's figures): sequential offload of 6-32B transformers is skipped too.
-IMAGE_CASES = (
+IMAGE_CASES = tuple(
     Case(
-        "Qwen-Image 1024x1024, 50 steps",
-        "qwen_image",
-        {"height": 1024, "width": 1024, "num_inference_steps": 50},
+        f"{title} 1024x1024, {steps} steps",
+        family,
+        {"height": 1024, "width": 1024, "num_inference_steps": steps},
         skipped_modes=("enable_sequential_cpu_offload",),
-    ),
-    Case(
-        "FLUX.2 [klein] 4B 1024x1024, 4 steps",
-        "flux2_klein",
-        {"height": 1024, "width": 1024, "num_inference_steps": 4},
-        skipped_modes=("enable_sequential_cpu_offload",),
-    ),
-    Case(
-        "FLUX.2 [dev] 1024x1024, 50 steps",
-        "flux2_dev",
-        {"height": 1024, "width": 1024, "num_inference_steps": 50},
-        skipped_modes=("enable_sequential_cpu_offload",),
-    ),
-    Case(
-        "Z-Image-Turbo 1024x1024, 9 steps",
-        "z_image",
-        {"height": 1024, "width": 1024, "num_inference_steps": 9},
-        skipped_modes=("enable_sequential_cpu_offload",),
-    ),
+    )
+    for title, family, steps in (
+        ("Qwen-Image", "qwen_image", 50),
+        ("FLUX.2 [klein] 4B", "flux2_klein", 4),
+        ("FLUX.2 [dev]", "flux2_dev", 50),
+        ("Z-Image-Turbo", "z_image", 9),
+    )
 )
 # Sequential offload of 5-27B video transformers takes many minutes a run: those cases skip it.
 SLOW_FOR_VIDEO = ("enable_sequential_cpu_offload",)

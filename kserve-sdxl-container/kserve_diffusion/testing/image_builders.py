@@ -233,19 +233,24 @@ def build_flux2_dev() -> Flux2Pipeline:
     )
 
 
-def build_flux2_klein(distilled: bool = True) -> Flux2KleinPipeline:
-    """Tiny FLUX.2 [klein]: a Qwen3 text encoder, no guidance embeddings; step-distilled unless `distilled` is False."""
-    tokenizer = build_qwen_tokenizer()
-    config = Qwen3Config(
+def _qwen3_config(tokenizer: Any, layers: int) -> Qwen3Config:
+    """A tiny Qwen3 (FLUX.2 [klein]'s and Z-Image's text encoder) of `layers` layers."""
+    return Qwen3Config(
         hidden_size=HIDDEN,
         intermediate_size=HIDDEN,
-        num_hidden_layers=FLUX2_KLEIN_LAYERS,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=2,
         head_dim=8,
         vocab_size=len(tokenizer),
         max_position_embeddings=1024,
     )
+
+
+def build_flux2_klein(distilled: bool = True) -> Flux2KleinPipeline:
+    """Tiny FLUX.2 [klein]: a Qwen3 text encoder, no guidance embeddings; step-distilled unless `distilled` is False."""
+    tokenizer = build_qwen_tokenizer()
+    config = _qwen3_config(tokenizer, FLUX2_KLEIN_LAYERS)
     return Flux2KleinPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
         vae=seeded(30, _flux2_vae),
@@ -283,16 +288,7 @@ def _z_image_transformer() -> ZImageTransformer2DModel:
 def build_z_image() -> ZImagePipeline:
     """Tiny Z-Image (Turbo's scheduler shift): a Qwen3 text encoder, a FLUX-style 16-channel VAE."""
     tokenizer = build_qwen_tokenizer()
-    config = Qwen3Config(
-        hidden_size=HIDDEN,
-        intermediate_size=HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=8,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=1024,
-    )
+    config = _qwen3_config(tokenizer, 2)
     vae = lambda: AutoencoderKL(  # noqa: E731
         in_channels=3,
         out_channels=3,
