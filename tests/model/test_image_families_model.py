@@ -152,3 +152,10 @@ def test_gpu_device_modes_generate(folders: dict[str, Path], family: str, mode: 
         fields["image"] = "x"  # type: ignore[assignment]
         inputs = InputImages(PICTURE, pictures=(PICTURE,))
     assert generate(runner, inputs, **fields)[0].size == (64, 64)
+
+
+def test_fuse_qkv_on_z_image_is_a_startup_error(folders: dict[str, Path]) -> None:
+    from kserve_diffusion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--fuse_qkv: ZImageTransformer2DModel has no fusable attention projections"):
+        load(folders, "z_image", fuse_qkv=True)

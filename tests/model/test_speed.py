@@ -116,7 +116,8 @@ def test_architecture_configs_match_published_sizes() -> None:
 def test_gpu_benchmark_loop_runs_on_tiny_models() -> None:
     smaller = {"height": 64, "width": 64, "num_inference_steps": 2}
     video = {"video_width": 64, "video_height": 64, "num_frames": 5, "num_inference_steps": 2}
-    chosen = [*gpu.CASES[:4], *(case for case in gpu.CASES if case.skipped_modes)]  # + I2V, A14B, TI2V-5B
+    # + I2V, A14B, TI2V-5B (the image families' cases: test_image_families_model.py)
+    chosen = [*gpu.CASES[:4], *(case for case in gpu.CASES if case.skipped_modes and case not in gpu.IMAGE_CASES)]
     cases = tuple(
         dataclasses.replace(case, fields={**case.fields, **(video if case.family.startswith("wan") else smaller)})
         for case in chosen

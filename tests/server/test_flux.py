@@ -312,7 +312,10 @@ def test_prompt_2_reaches_sdxl_and_flux_fields_do_not(client: httpx.Client) -> N
     assert only_image(predict(client, {**sdxl, "prompt_2": "a whale"}))[2] != only_image(predict(client, sdxl))[2]
     response = predict(client, {**sdxl, "true_cfg_scale": 2.0})
     assert response.status_code == 400
-    assert response.json()["error"] == "true_cfg_scale: applies to FLUX only, not SDXL, got 2.0"
+    assert (
+        response.json()["error"]
+        == "true_cfg_scale: applies to FLUX, FLUX.1 Kontext, Qwen-Image and Qwen-Image-Edit only, not SDXL, got 2.0"
+    )
 
 
 def test_wan_refuses_image_family_fields(video_server: ServerProcess) -> None:

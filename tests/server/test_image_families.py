@@ -297,7 +297,7 @@ def test_over_limit_pictures_and_ignored_fields_are_400s(
     assert "strength: applies to img2img and inpaint only, not edit" in error_of(
         v1(edit_plus, images=four[:1], strength=0.5)
     )
-    assert "prompt_2: applies to SDXL and FLUX and FLUX.1 Kontext only, not Qwen-Image" in error_of(
+    assert "prompt_2: applies to SDXL, FLUX and FLUX.1 Kontext only, not Qwen-Image" in error_of(
         v1(qwen, width=64, height=64, prompt_2="x")
     )
     # the v2 tensor of pictures: its shape is checked before anything is read

@@ -161,7 +161,10 @@ DATA_IMAGE = as_data_url(IMAGE)
         ({"mask": DATA_IMAGE}, "mask: given without an image"),
         ({"task_type": "inpaint", "image": DATA_IMAGE}, "mask: task_type inpaint needs mask or mask_url"),
         ({"task_type": "img2img"}, "image: task_type img2img needs image or image_url"),
-        ({"image": DATA_IMAGE, "image_url": DATA_IMAGE}, "image: give either image or image_url, not both"),
+        (
+            {"image": DATA_IMAGE, "image_url": DATA_IMAGE},
+            "image: give one of image, image_url, images, not both image and image_url",
+        ),
         ({"image": DATA_IMAGE, "strength": 1.5}, "strength: must be > 0 and <= 1, got 1.5"),
         ({"image": DATA_IMAGE, "strength": 0.1}, "num_inference_steps: img2img runs num_inference_steps x strength"),
         ({"image": DATA_IMAGE, "use_refiner": True}, "use_refiner: this server has no refiner"),

@@ -163,7 +163,7 @@ def checked_with(limits: object) -> object:
         ("qwen_image", "qwen_image", {"negative_prompt": "x", "true_cfg_scale": 1.0}, "only with true CFG"),
         ("flux2", "klein", {"negative_prompt": "blurry"}, "FLUX.2 [klein]'s pipeline reads no negative prompt"),
         ("flux2", "klein", {"guidance_scale": 2.0}, "FLUX.2 [klein] has no guidance input"),
-        ("flux2", "dev", {"true_cfg_scale": 2.0}, "true_cfg_scale: applies to FLUX and FLUX.1 Kontext and Qwen-Image"),
+        ("flux2", "dev", {"true_cfg_scale": 2.0}, "true_cfg_scale: applies to FLUX, FLUX.1 Kontext, Qwen-Image"),
         ("z_image", "turbo", {"negative_prompt": "x"}, "also send guidance_scale > 1"),
         ("flux_kontext", "dev", {"image": "eA==", "true_cfg_scale": 2.0}, "needs a negative_prompt"),
         ("flux_kontext", "dev", {"images": ["eA==", "eA=="]}, "edits from at most 1 picture(s), got 2"),

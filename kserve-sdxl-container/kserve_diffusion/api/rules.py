@@ -118,7 +118,8 @@ def check_family_fields(request: GenerationRequest, family: str) -> None:
     for name, families in FAMILY_FIELDS.items():
         value = getattr(request, name)
         if family not in families and name in request.model_fields_set and value is not None:
-            applies = " and ".join(FAMILY_TITLES[f] for f in families)
+            titles = [FAMILY_TITLES[f] for f in families]
+            applies = " and ".join(titles) if len(titles) < 3 else f"{', '.join(titles[:-1])} and {titles[-1]}"
             raise RequestError(name, f"applies to {applies} only, not {FAMILY_TITLES[family]}, got {shown(value)}")
 
 

@@ -201,7 +201,7 @@ def check_family(config: ServerConfig, families: Sequence[str]) -> None:
     uncached = [family for family in families if config.cache not in CACHE_SUPPORT.get(family, ())]
     if len(uncached) < len(families):
         for family in uncached:
-            logger.info("--cache %s applies to the other served model; %s runs without it", config.cache, family)
+            logger.info("--cache %s applies to the Wan/FLUX model; %s runs without it", config.cache, family)
         return
     if uncached == ["sdxl"]:
         raise ConfigError(

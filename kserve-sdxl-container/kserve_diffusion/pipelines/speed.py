@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
 from ..config import ServerConfig
+from ..errors import ConfigError
 from .base import denoisers
 
 logger = logging.getLogger("kserve.diffusion")
@@ -37,7 +38,11 @@ def _has_convolutions(module: torch.nn.Module) -> bool:
 def fuse_qkv(pipelines: list[DiffusionPipeline]) -> list[str]:
     """Fuse the attention input projections of every denoiser and 2D VAE: one matmul instead of three."""
     fused = []
-    for module in [*denoisers(pipelines), *_image_vaes(pipelines)]:
+    modules = [*denoisers(pipelines), *_image_vaes(pipelines)]
+    unfusable = [type(module).__name__ for module in modules if not hasattr(module, "fuse_qkv_projections")]
+    if unfusable:  # Z-Image's transformer: its attention has no separate projections to fuse
+        raise ConfigError(f"--fuse_qkv: {', '.join(unfusable)} has no fusable attention projections; leave it off")
+    for module in modules:
         module.fuse_qkv_projections()
         # The UNet and VAE attention (the classic Attention class) need the fused processor; FLUX's and
         # Wan's processors read the fused weights themselves.
