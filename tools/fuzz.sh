@@ -2,6 +2,7 @@
 # make fuzz: schemathesis generates requests from the server's own /openapi.json (v1, v2, jobs, OpenAI routes)
 # against a tiny model with small limits (so that every valid request is cheap) and fails on any 5xx.
 # FUZZ_EXAMPLES (default 200) examples per operation; FUZZ_SEED (default 1) makes the run repeatable.
+# FUZZ_FAMILY=NAME (a tiny family, e.g. flux2_klein) fuzzes that model alone instead of SDXL + Wan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -16,9 +17,15 @@ loras=.cache/tiny/loras
   "$PY" -m kserve_diffusion.testing.tiny --family sdxl --out "$model" --loras "$loras"
   "$PY" -m kserve_diffusion.testing.tiny --family wan22-ti2v --out "$video" --loras "$loras"
 }
+models=(--model_id "$model" --video_model_id "$video" --lora_dir "$loras")
+if [ -n "${FUZZ_FAMILY:-}" ]; then
+  family=.cache/tiny/$FUZZ_FAMILY
+  [ -f "$family/model_index.json" ] || "$PY" -m kserve_diffusion.testing.tiny --family "$FUZZ_FAMILY" --out "$family"
+  models=(--model_id "$family")
+fi
 mkdir -p benchmarks/results/fuzz
 log=benchmarks/results/fuzz/server.log
-"$PY" -m kserve_diffusion --model_name sdxl --model_id "$model" --video_model_id "$video" --lora_dir "$loras" --device cpu \
+"$PY" -m kserve_diffusion --model_name sdxl "${models[@]}" --device cpu \
   --http_port "$PORT" --grpc_port $((PORT + 1)) \
   --max_steps 2 --max_side 128 --max_pixels 16384 --max_num_images 1 --max_instances 2 \
   --max_frames 5 --max_video_pixels 20480 --request_timeout 20 --max_body_bytes 2000000 --max_jobs 50 >"$log" 2>&1 &

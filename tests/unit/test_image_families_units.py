@@ -268,3 +268,16 @@ def test_an_edits_pictures_share_one_pixel_budget() -> None:
         match=r"images: the pictures together may hold at most 20000 pixels .*images\[2\] has 10000, only 0 remain",
     ):
         asyncio.run(loader.load(over))
+
+
+def test_images_of_other_schemes_are_never_read() -> None:
+    import asyncio
+
+    from kserve_diffusion.runtime.inputs import InputLoader, InputPolicy
+
+    loader = InputLoader(InputPolicy.from_config(defaults()), LIMITS, {"edit": 16})
+    request = runner("flux2", "klein").check(
+        parse_request({"prompt": "x", "images": ["file:///etc/passwd"]}, LIMITS), LIMITS
+    )
+    with pytest.raises(RequestError, match=r"images\[0\]: only http\(s\) and data URLs are read, got a file: URL"):
+        asyncio.run(loader.load(request))

@@ -7,6 +7,7 @@ default executor, so neither the event loop nor the accelerator thread does this
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,7 +22,10 @@ from ..errors import RequestError
 from ..media.fetch import FetchError, FetchPolicy, fetch
 
 _MODES = {"image": "RGB", "mask": "L"}
-PICTURE_TASKS = LIST_TASKS  # tasks whose pipelines size their input pictures themselves
+PICTURE_TASKS = LIST_TASKS
+_OTHER_SCHEME = re.compile(
+    r"([a-zA-Z][a-zA-Z0-9+.-]*)://"
+)  # tasks whose pipelines size their input pictures themselves
 
 
 @dataclass(frozen=True)
@@ -160,4 +164,7 @@ class InputLoader:
         field_name = f"images[{index}]"
         if isinstance(value, str) and value[:8].lower().startswith(("http://", "https://")):
             return field_name, await self._download(field_name, value), True
+        scheme = _OTHER_SCHEME.match(value[:40]) if isinstance(value, str) else None
+        if scheme:  # file://, ftp://, ...: never read
+            raise RequestError(field_name, f"only http(s) and data URLs are read, got a {scheme[1].lower()}: URL")
         return field_name, value, False
