@@ -256,6 +256,9 @@ def test_kontext_edits_one_picture_and_inpaints(kontext: ServerProcess) -> None:
     edited = v1(kontext, prompt="make it night", image=as_data_url(PICTURE))
     assert only_image(edited)[0]["task_type"] == "edit" and only_image(edited)[1].size == (96, 64)
     assert only_image(v1(kontext, image=as_data_url(PICTURE), mask=as_data_url(MASK)))[0]["task_type"] == "inpaint"
+    generations = httpx.post(f"{kontext.url}/openai/v1/images/generations", json={"prompt": "x"}, timeout=30)
+    assert generations.status_code == 400
+    assert "serves edit, inpaint; images/generations needs text2img" in generations.json()["error"]["message"]
     text = v1(kontext, width=64, height=64)  # Kontext edits: a prompt alone is not a task it serves
     assert "image: task_type edit needs image or image_url or images" in error_of(text)
 

@@ -147,6 +147,7 @@ class GenerationRequest(BaseModel):
     images: tuple[str | bytes, ...] | None = Field(
         None,
         repr=False,
+        json_schema_extra={"minItems": 1, "maxItems": MAX_EDIT_IMAGES},  # read_images checks them, with our words
         description=f"edit: up to {MAX_EDIT_IMAGES} pictures (the family's limit), each base64, a data URL or an "
         "http(s) URL (v2: a BYTES tensor of several elements)",
     )

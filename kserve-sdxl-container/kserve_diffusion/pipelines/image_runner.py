@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -284,5 +283,5 @@ def registry_entries() -> dict[str, Family]:
         def load_family(config: ServerConfig, family: ImageFamily = family) -> ImageRunner:
             return load(config, family)
 
-        entries[name] = replace(Family(name, variants, load=load_family))
+        entries[name] = Family(name, variants, load=load_family)
     return entries
