@@ -19,6 +19,7 @@ from ..config import ServerConfig
 from ..errors import ConfigError, RequestError
 from . import attention, cache, devices, lora, quantize, speed
 from .base import Family, StepObserver, step_hooks, with_scheduler
+from .flux import SDXL_ONLY_OPTIONS
 from .image_families import IMAGE_FAMILIES, ImageFamily, Variant
 from .loading import load_pretrained, pipeline_index
 from .schedulers import FAMILY_SCHEDULERS, build_scheduler, scheduler_name
@@ -27,15 +28,7 @@ logger = logging.getLogger("kserve.diffusion")
 SIZE_MULTIPLE = 16  # every family here: a VAE that downsamples by 8, then 2x2 latent patches
 IMAGE_TASKS_WITH_STRENGTH = ("img2img", "inpaint")
 # Options of other families; given with one of these families they are a start-up error.
-FOREIGN_OPTIONS = (
-    "single_file_model",
-    "single_file_config",
-    "refiner_id",
-    "refiner_single_file_model",
-    "refiner_single_file_config",
-    "inpaint_model_id",
-    "inpaint_single_file_config",
-)
+FOREIGN_OPTIONS = ("single_file_model", *SDXL_ONLY_OPTIONS)
 
 
 def _parameters(cls: type[DiffusionPipeline]) -> frozenset[str]:
