@@ -379,8 +379,13 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def parameter_count(name: str) -> int:
-    """Parameters of component `name`, counted on the meta device (no memory is used)."""
+def count_parameters(build: Callable[[], torch.nn.Module]) -> int:
+    """Parameters of the module `build` makes, counted on the meta device (no memory is used)."""
     with torch.device("meta"):
-        module = COMPONENTS[name]()
+        module = build()
     return sum(parameter.numel() for parameter in module.parameters())
+
+
+def parameter_count(name: str) -> int:
+    """Parameters of component `name`, counted on the meta device."""
+    return count_parameters(COMPONENTS[name])

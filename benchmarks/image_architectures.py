@@ -22,6 +22,7 @@ from diffusers import (
     ZImagePipeline,
     ZImageTransformer2DModel,
 )
+from kserve_diffusion.testing.image_builders import qwen_image_scheduler
 from kserve_diffusion.testing.tokenizers import build_mistral_tokenizer, build_qwen_tokenizer
 from transformers import (
     Mistral3Config,
@@ -33,7 +34,7 @@ from transformers import (
     Qwen3Model,
 )
 
-from benchmarks.architectures import FLUX_VAE
+from benchmarks.architectures import FLUX_VAE, count_parameters
 
 # Qwen-Image's MMDiT (Qwen/Qwen-Image transformer/config.json).
 QWEN_IMAGE_TRANSFORMER = {
@@ -189,9 +190,7 @@ COMPONENTS: dict[str, Callable[[], torch.nn.Module]] = {
 
 def parameter_count(name: str) -> int:
     """Parameters of component `name`, counted on the meta device (no memory is used)."""
-    with torch.device("meta"):
-        module = COMPONENTS[name]()
-    return sum(parameter.numel() for parameter in module.parameters())
+    return count_parameters(COMPONENTS[name])
 
 
 def _flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
@@ -201,14 +200,7 @@ def _flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
 def build_qwen_image() -> QwenImagePipeline:
     """Qwen-Image, random weights."""
     return QwenImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(
-            base_shift=0.5,
-            max_shift=0.9,
-            max_image_seq_len=8192,
-            shift_terminal=0.02,
-            time_shift_type="exponential",
-            use_dynamic_shifting=True,
-        ),
+        scheduler=qwen_image_scheduler(),
         vae=AutoencoderKLQwenImage(),
         text_encoder=qwen25_vl_7b(),
         tokenizer=build_qwen_tokenizer(),

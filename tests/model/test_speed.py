@@ -19,7 +19,7 @@ from kserve_diffusion.config import parse_config
 from kserve_diffusion.pipelines import serving_family
 from kserve_diffusion.pipelines.base import Runner
 
-from benchmarks import architectures, gpu, gpu_check
+from benchmarks import architectures, gpu, gpu_check, image_architectures
 from tests.conftest import ROOT, ServerProcess
 from tests.helpers import only_image, predict, small
 
@@ -108,9 +108,10 @@ def test_compiled_server_warms_up_before_ready(compiled_server: ServerProcess, t
 
 
 def test_architecture_configs_match_published_sizes() -> None:
-    for name, (published, tolerance) in architectures.PUBLISHED_PARAMETERS.items():
-        count = architectures.parameter_count(name)
-        assert abs(count - published) <= tolerance * published, (name, count)
+    for module in (architectures, image_architectures):  # this year's image families' too
+        for name, (published, tolerance) in module.PUBLISHED_PARAMETERS.items():
+            count = module.parameter_count(name)
+            assert abs(count - published) <= tolerance * published, (name, count)
 
 
 def test_gpu_benchmark_loop_runs_on_tiny_models() -> None:

@@ -11,7 +11,7 @@ from ..config import ServerConfig
 from ..config.parsing import auto_dtype
 from ..errors import ConfigError
 from .image_families import IMAGE_FAMILIES
-from .loading import pipeline_index
+from .loading import looks_like_path, pipeline_index
 
 logger = logging.getLogger("kserve.diffusion")
 # model_index.json `_class_name` -> family, for the families of their own modules; the image families' rows
@@ -32,8 +32,8 @@ CLASS_FAMILIES: dict[str, str] = {
 
 
 def _has_index(model_id: str) -> bool:
-    folder = Path(model_id).expanduser()
-    return (folder / "model_index.json").is_file() or not (model_id.startswith(("/", ".", "~")) or folder.exists())
+    """A hub id (its index is read from the hub), or a local folder that has one."""
+    return not looks_like_path(model_id) or (Path(model_id).expanduser() / "model_index.json").is_file()
 
 
 def folder_family(model_id: str, token: str | None) -> tuple[str, str]:

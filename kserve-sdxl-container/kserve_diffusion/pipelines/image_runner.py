@@ -150,7 +150,7 @@ class ImageRunner:
         }
         if guidance.guidance_scale is not None:
             kwargs["guidance_scale"] = request.guidance_scale
-        elif "guidance_scale" in self._accepted[task] and self.variant.guidance.true_cfg_scale is None:
+        elif "guidance_scale" in self._accepted[task] and guidance.true_cfg_scale is None:
             kwargs["guidance_scale"] = 1.0  # a step-distilled model: no guidance (its pipeline's default warns)
         if guidance.true_cfg_scale is not None:
             kwargs["true_cfg_scale"] = request.true_cfg_scale

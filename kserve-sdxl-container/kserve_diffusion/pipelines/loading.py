@@ -14,13 +14,14 @@ from ..errors import ConfigError
 logger = logging.getLogger("kserve.diffusion")
 
 
-def _looks_like_path(model_id: str) -> bool:
+def looks_like_path(model_id: str) -> bool:
+    """Whether `model_id` names a local folder or file rather than a hub id."""
     return model_id.startswith(("/", ".", "~")) or Path(model_id).exists()
 
 
 def load_pretrained(cls: type[DiffusionPipeline], model_id: str, flag: str, **kwargs: Any) -> DiffusionPipeline:
     """`cls.from_pretrained` from a local diffusers folder or a hub id (safetensors weights)."""
-    if _looks_like_path(model_id):
+    if looks_like_path(model_id):
         folder = Path(model_id).expanduser()
         if not (folder / "model_index.json").is_file():
             raise ConfigError(f"{flag}: {folder} is not a diffusers model folder (no model_index.json)")
@@ -34,7 +35,7 @@ def load_pretrained(cls: type[DiffusionPipeline], model_id: str, flag: str, **kw
 
 def pipeline_index(model_id: str, flag: str, token: str | None = None) -> dict[str, Any]:
     """The model_index.json of a diffusers folder or hub id."""
-    if _looks_like_path(model_id):
+    if looks_like_path(model_id):
         index = Path(model_id).expanduser() / "model_index.json"
         if not index.is_file():
             raise ConfigError(f"{flag}: {index.parent} is not a diffusers model folder (no model_index.json)")
@@ -92,7 +93,7 @@ def load_single_file_component(
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise ConfigError(f"{flag}: no such file {path}")
-    local = _looks_like_path(model_id)
+    local = looks_like_path(model_id)
     if local and not (Path(model_id).expanduser() / subfolder / "config.json").is_file():
         raise ConfigError(f"--model_id: {model_id} has no {subfolder}/config.json for the {flag} checkpoint")
     logger.info("loading %s from single file %s with its config from %s", cls.__name__, path, model_id)

@@ -90,20 +90,24 @@ def _qwen_vl_encoder(tokenizer: Any) -> Qwen2_5_VLForConditionalGeneration:
     return Qwen2_5_VLForConditionalGeneration(config)
 
 
+def qwen_image_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """Qwen-Image's scheduler configuration (dynamic, exponential time shift), as its folder has it."""
+    return FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256,
+        base_shift=0.5,
+        max_image_seq_len=8192,
+        max_shift=0.9,
+        shift=1.0,
+        shift_terminal=0.02,
+        time_shift_type="exponential",
+        use_dynamic_shifting=True,
+    )
+
+
 def _qwen_parts() -> dict[str, Any]:
     tokenizer = build_qwen_tokenizer()
     return {
-        # Qwen-Image's scheduler configuration (dynamic, exponential time shift), as its folder has it.
-        "scheduler": FlowMatchEulerDiscreteScheduler(
-            base_image_seq_len=256,
-            base_shift=0.5,
-            max_image_seq_len=8192,
-            max_shift=0.9,
-            shift=1.0,
-            shift_terminal=0.02,
-            time_shift_type="exponential",
-            use_dynamic_shifting=True,
-        ),
+        "scheduler": qwen_image_scheduler(),
         "vae": seeded(
             20,
             lambda: AutoencoderKLQwenImage(
