@@ -306,5 +306,9 @@ def measure(
                     rows.append({"case": case.label, "device mode": mode, "option": option, "latency (s)": "OOM"})
                 except ConfigError as exc:  # an option this family or GPU does not take (a cache on SDXL, ...)
                     rows.append({"case": case.label, "device mode": mode, "option": option, "latency (s)": str(exc)})
+                except Exception as exc:  # one broken case is a row that says so, not the end of the run
+                    _free()
+                    failure = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+                    rows.append({"case": case.label, "device mode": mode, "option": option, "latency (s)": failure})
                 print(rows[-1], flush=True)
     return rows

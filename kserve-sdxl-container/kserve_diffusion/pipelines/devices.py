@@ -29,6 +29,13 @@ def group_offload(pipeline: DiffusionPipeline, onload: str = "cuda", streams: bo
         for name, module in pipeline.components.items()
         if isinstance(module, torch.nn.Module) and _is_group_offload_enabled(module)
     ]
+    # The VAE (80-300M parameters) stays whole on the GPU: pipelines call its decode(), not its forward, so
+    # offloaded top-level layers of a VAE without declared blocks (Qwen-Image's, FLUX.2's) stayed in CPU memory,
+    # and SDXL's float32 upcast of the VAE cannot move a group-offloaded module (both seen on an H200).
+    vae = getattr(pipeline, "vae", None)
+    if isinstance(vae, torch.nn.Module) and "vae" not in done:
+        vae.to(onload)
+        done.append("vae")
     pipeline.enable_group_offload(
         exclude_modules=done,
         onload_device=torch.device(onload),
