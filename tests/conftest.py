@@ -75,13 +75,10 @@ class ServerProcess:
         ports = ["--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port)]
         self.command = [*(launcher or default), *ports, *args]
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._env = server_environment(env)
         # Its own folder as the working directory: no stray .env is read.
         self.process = subprocess.Popen(
-            self.command,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=server_environment(env),
-            cwd=log_path.parent,
+            self.command, stdout=self._log, stderr=subprocess.STDOUT, env=self._env, cwd=log_path.parent
         )
 
     @property
@@ -112,6 +109,15 @@ class ServerProcess:
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()[-4000:]}")
+
+    def restart(self) -> ServerProcess:
+        """The same server started again (after it was killed or stopped), on the same ports, logging on."""
+        self.stop()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            self.command, stdout=self._log, stderr=subprocess.STDOUT, env=self._env, cwd=self.log_path.parent
+        )
+        return self.wait_ready()
 
     def stop(self) -> None:
         """Terminate the process and close its log."""
@@ -331,12 +337,13 @@ def client(base_server: ServerProcess) -> Iterator[httpx.Client]:
 class RedisProcess:
     """A real `redis-server` on a free loopback port, without persistence, in its own folder."""
 
-    def __init__(self, folder: Path, *settings: str) -> None:
-        """`settings`: more redis-server arguments (e.g. --maxmemory 3mb)."""
+    def __init__(self, folder: Path, *settings: str, port: int | None = None) -> None:
+        """`settings`: more redis-server arguments (e.g. --maxmemory 3mb; later ones win); `port`: a restart's."""
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed: apt-get install redis-server (README, Development)")
-        self.port = free_port()
+        self.folder, self.settings = folder, settings
+        self.port = port or free_port()
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.process = subprocess.Popen(
             [*args, "--dir", str(folder), *settings], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=folder
@@ -359,10 +366,15 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        """Stop the server (its data is gone: nothing is saved)."""
+        """Stop the server (its data is gone unless its settings turned persistence on)."""
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=20)
+
+    def restart(self) -> RedisProcess:
+        """Stop it and start it again on the same port, folder and settings."""
+        self.stop()
+        return RedisProcess(self.folder, *self.settings, port=self.port)
 
 
 @pytest.fixture(scope="session")

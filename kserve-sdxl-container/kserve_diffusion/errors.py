@@ -124,6 +124,13 @@ class JobStoreLost(ServingError, grpc_errors.Unavailable):
     outcome = "error"
 
 
+class JobTakenOver(ServingError, grpc_errors.Aborted):
+    """This replica's lease on a job lapsed and another replica took it: this try stops and writes nothing."""
+
+    http_status = 409
+    outcome = "cancelled"
+
+
 class JobStoreUnavailable(ServingError, grpc_errors.Unavailable):
     """The job store cannot take or answer jobs now (unreachable, or full): 503 with Retry-After."""
 

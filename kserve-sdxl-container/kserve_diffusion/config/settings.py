@@ -312,6 +312,22 @@ class ServerConfig:
         minimum=0,
         exclusive_minimum=True,
     )
+    job_lease_seconds: float = setting(
+        30.0,
+        "with a Redis --job_store: a replica renews its hold on the job it runs every third of this; a job whose "
+        "replica stopped renewing (it died) is taken by another replica after this long",
+        minimum=1,
+    )
+    job_max_attempts: int = setting(
+        2,
+        "with a Redis --job_store: tries a job gets when the replicas running it die; after the last it is failed",
+        minimum=1,
+    )
+    pod_name: str | None = setting(
+        None,
+        "this replica's name in job records (`replica`): the manifests set POD_NAME from the downward API",
+        default_text="hostname:pid",
+    )
     lora_dir: str | None = setting(
         None,
         "folder of LoRA adapters a request may name in `loras`: each a .safetensors file (diffusers/PEFT or "

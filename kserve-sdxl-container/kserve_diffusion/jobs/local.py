@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..api.request import GenerationRequest
-from ..errors import JobCancelled, JobStoreLost, JobStoreUnavailable
+from ..errors import JobCancelled, JobStoreLost, JobStoreUnavailable, JobTakenOver
 from ..runtime import metrics
 from ..runtime.control import RequestControl
 from ..runtime.service import Prepared
 from ..runtime.worker import GenerationWorker, Reservation
 from .records import JobRecord, log_ref
+from .redis_queue import Entry
 from .store import JobStore
 
 logger = logging.getLogger("kserve.diffusion")
@@ -53,6 +54,9 @@ class LocalJob:
     position: int | None = None  # the queue position last written
     started: bool = False
     lost: bool = False  # the store no longer holds its record
+    attempt: int = 1  # which try of the job this is: every write checks the record still says so
+    held: Entry | None = None  # its shared-queue entry (the lease), when taken from the shared queue
+    taken_over: bool = False  # its lease lapsed and another replica holds the job now
 
     @property
     def ref(self) -> str:
@@ -67,9 +71,10 @@ def _running(record: JobRecord) -> JobRecord | None:
 class LocalJobs:
     """The jobs this replica runs, and how their state reaches the store."""
 
-    def __init__(self, store: JobStore, worker: GenerationWorker) -> None:
+    def __init__(self, store: JobStore, worker: GenerationWorker, replica: str) -> None:
         self.store = store
         self.worker = worker
+        self.replica = replica
         self.jobs: dict[str, LocalJob] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -125,17 +130,39 @@ class LocalJobs:
             with contextlib.suppress(Exception):
                 await job.writer
 
+    def fenced(self, job: LocalJob, change: Change) -> Change:
+        """`change`, applied only while the record says this try of the job holds it."""
+
+        def apply(record: JobRecord) -> JobRecord | None:
+            return change(record) if record.held_by(self.replica, job.attempt) else None
+
+        return apply
+
     async def write(self, job: LocalJob, change: Change) -> None:
-        """A progress or status write; a record that says cancelled (or is gone) stops the job here too."""
+        """A progress or status write; a record that says cancelled (or is gone, or held by another replica's
+        try) stops the job here too."""
         try:
-            record, _ = await self.store.update(job.id, change)
+            record, _ = await self.store.update(job.id, self.fenced(job, change))
         except JobStoreUnavailable:
             metrics.JOB_STORE_ERRORS.inc()
             return
         if record is None:
             self.lose(job)
+        elif not record.held_by(self.replica, job.attempt):
+            self.taken_by_another(job)
         elif record.status == "cancelled":
             self.stop(job.id)
+
+    def taken_by_another(self, job: LocalJob) -> None:
+        """Another replica took the job after this one's lease lapsed (this one was paused or cut off): this try
+        stops at its next step and writes nothing more."""
+        if job.taken_over:
+            return
+        job.taken_over = True
+        logger.warning("job=%s: another replica took this job over (this replica's lease lapsed); stopping", job.ref)
+        for control in job.controls:
+            control.cancel(JobTakenOver, "another replica took the job over")
+        job.stop.set()
 
     def lose(self, job: LocalJob) -> None:
         """The store no longer holds the job's record: "store lost" (log, metric), the job stops. A job that was

@@ -1,11 +1,17 @@
-"""Jobs: a generation submitted now and fetched later, run on this replica, seen from every replica.
+"""Jobs: a generation submitted now and fetched later, seen from every replica.
 
 A submission goes through the same checks as a synchronous request (validation, room in the queue,
-input images) before it becomes a job, so a bad request is a 400 then, never a job that fails later.
-The job then runs on this replica's accelerator queue; its status, progress, result and error go to
-the store, where any replica reads them. A cancel is written to the store and, when another replica
-runs the job, announced to it; the job stops at its next denoising step or never runs. Jobs do not
-depend on the submitting connection: a client that leaves does not cancel its job.
+input images) before it becomes a job, so a bad request is a 400 then, never a job that fails later; a
+seed is chosen then when the request gave none. With the memory store the job runs on this replica's
+accelerator queue. With a shared queue (Redis) it is appended to the queue every replica takes from when
+its accelerator is free (taker.py), with its requests and pictures, so any replica can run it, and run it
+again if the one running it dies. Its status, progress, result and error go to the store, where any replica
+reads them; every write of the replica running it is fenced by its try (`attempt`), so a replica that lost
+the job cannot overwrite it. A cancel is written to the store and, when another replica runs the job,
+announced to it; the job stops at its next denoising step or never runs. Jobs do not depend on the
+submitting connection: a client that leaves does not cancel its job.
+It is one module because submitting, running, ending, handing back and cancelling a job share the fencing
+rule and the order of writes to the store and the queue.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -26,16 +35,19 @@ from ..errors import (
     JobNotFound,
     JobStoreLost,
     JobStoreUnavailable,
+    JobTakenOver,
     RequestError,
     ServingError,
     ShuttingDown,
 )
 from ..runtime import metrics
-from ..runtime.service import GenerationService
-from . import events
+from ..runtime.service import GenerationService, Prepared
+from . import events, payload
 from .local import LocalJob, LocalJobs, planned_steps
 from .records import JobRecord, is_job_id, log_ref, new_job_id
+from .redis_queue import REDIS_ERRORS, Entry
 from .store import JobStore, Page, StoredResult, Stream
+from .taker import QueueTaker
 
 logger = logging.getLogger("kserve.diffusion")
 Render = Callable[[list[GenerationResult], str], StoredResult]  # a job's results (and its api) as stored
@@ -43,6 +55,7 @@ END_RETRY_FIRST = 0.5  # seconds before the first retry of a job's end; doubled 
 END_RETRY_MOST = 10.0
 END_RETRY_AT_LEAST = 60.0  # a job that ends at its deadline still gets this long to record its end
 RESUBMIT = "the server shut down before the job finished; submit it again (another replica will run it)"
+STOPPED = "the replicas running this job stopped ({attempts} tries, --job_max_attempts); submit it again"
 NOT_FOUND = "no job with this id here (ids come from a submission; finished jobs are forgotten after a while)"
 
 
@@ -53,16 +66,20 @@ class JobManager:
         self.service = service
         self.store = store
         self.render = render
-        self.local = LocalJobs(store, service.worker)
+        self.replica = replica_name(service.config.pod_name)
+        self.local = LocalJobs(store, service.worker, self.replica)
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Connect the store; listen for cancels from other replicas; keep queue positions fresh."""
+        """Connect the store; listen for cancels from other replicas; keep queue positions fresh; take jobs
+        from the shared queue when there is one."""
         await self.store.start()
         self._background = [
             asyncio.create_task(self.local.listen_for_cancels()),
             asyncio.create_task(self.local.refresh_positions()),
         ]
+        if self.store.queue is not None:
+            self._background.append(asyncio.create_task(QueueTaker(self, self.store.queue).run()))
 
     async def close(self) -> None:
         """Stop the background tasks and let go of the store."""
@@ -83,13 +100,10 @@ class JobManager:
         describe: Callable[[list[GenerationRequest]], dict[str, Any]] | None = None,
         owner: str | None = None,
     ) -> JobRecord:
-        """Check the request as a synchronous one would be, take its place in the queue, then keep it as a job
-        of `owner`; the job's first record. `describe` gives what an API shows of the checked requests (kept in
-        the record's `extra`). A job accepted here runs: its queue place is held until it ends."""
-        prepared = await self.service.prepare(instances)
-        worker = self.service.worker
-        waiting_ahead = worker.waiting
-        reservation = worker.reserve()  # ServerBusy (503) now, never a job that fails later for a full queue
+        """Check the request as a synchronous one would be, then keep it as a job of `owner`: in the shared queue
+        when there is one, else in this replica's queue, whose place it holds until it ends; the job's first
+        record. `describe` gives what an API shows of the checked requests (kept in the record's `extra`)."""
+        prepared = [payload.with_seed(item) for item in await self.service.prepare(instances)]
         record = JobRecord(
             id=new_job_id(),
             model=self.service.name,
@@ -97,10 +111,15 @@ class JobManager:
             total_steps=sum(planned_steps(item.request) for item in prepared),
             api=api,
             owner=owner,
-            queue_position=waiting_ahead,
-            eta_seconds=self.local.queued_eta(waiting_ahead),
             extra=describe([item.request for item in prepared]) if describe else {},
         )
+        if self.store.queue is not None:
+            return await self._enqueue(record, prepared, request_id)
+        worker = self.service.worker
+        waiting_ahead = worker.waiting
+        reservation = worker.reserve()  # ServerBusy (503) now, never a job that fails later for a full queue
+        eta = self.local.queued_eta(waiting_ahead)
+        record = record.replace(queue_position=waiting_ahead, eta_seconds=eta, attempt=1, replica=self.replica)
         try:
             await self.store.create(record)
         except BaseException:
@@ -121,6 +140,32 @@ class JobManager:
         logger.info("request=%s job=%s submitted (%d instance(s))", request_id, job.ref, len(prepared))
         return record
 
+    async def _enqueue(self, record: JobRecord, prepared: list[Prepared], request_id: str) -> JobRecord:
+        """Keep the job and its requests, and append it to the shared queue (one step in the store)."""
+        requests = await asyncio.get_running_loop().run_in_executor(None, payload.encode, prepared)
+        await self.store.create(record, requests)
+        metrics.JOBS.labels(status="queued").inc()
+        logger.info("request=%s job=%s queued (%d instance(s))", request_id, log_ref(record.id), len(prepared))
+        return await self._with_place(record)
+
+    def run_taken(self, record: JobRecord, items: list[Prepared], held: Entry) -> LocalJob:
+        """Run a job this replica took from the shared queue (its try `record.attempt`); its task ends with it."""
+        worker = self.service.worker
+        job = LocalJob(
+            record.id,
+            items,
+            [self.service.control(item.request, f"{record.id[:12]}-{record.attempt}") for item in items],
+            waiting_ahead=0,
+            dequeued_at_submission=worker.dequeued,
+            position=0,
+            reservation=worker.reserve(),
+            attempt=record.attempt,
+            held=held,
+        )
+        self.local.jobs[job.id] = job
+        job.task = asyncio.create_task(self._run(job, record.api))
+        return job
+
     async def _run(self, job: LocalJob, api: str) -> None:
         results: list[GenerationResult] = []
         try:
@@ -138,12 +183,15 @@ class JobManager:
                 await self._end(job, "failed", {"status": 507, "message": _too_large(stored.size, limit)})
             else:
                 await self._end(job, "succeeded", result=stored)
-        except JobStoreLost:
-            return  # logged and counted where it was found; there is no record left to write to
+        except (JobStoreLost, JobTakenOver):
+            return  # logged where it was found: there is no record left to write, or it is another try's now
         except JobCancelled:
             await self._end(job, "cancelled")
         except ShuttingDown:
-            await self._end(job, "failed", {"status": ShuttingDown.http_status, "message": RESUBMIT})
+            if job.held is not None:
+                await self._hand_back(job)
+            else:
+                await self._end(job, "failed", {"status": ShuttingDown.http_status, "message": RESUBMIT})
         except ServingError as exc:
             await self._end(job, "failed", {"status": exc.http_status, "message": exc.message})
         except RequestError as exc:  # found on the accelerator thread: an adapter that does not fit the model
@@ -165,8 +213,10 @@ class JobManager:
         cancel that came first wins); retried with backoff while the store is unavailable, until the job's
         deadline (at least END_RETRY_AT_LEAST seconds)."""
 
-        def end(record: JobRecord) -> JobRecord | None:
+        def ending(record: JobRecord) -> JobRecord | None:
             return None if record.finished else record.ended(status, error, result.size if result else 0)
+
+        end = self.local.fenced(job, ending)
 
         await self.local.settle(job)
         give_up = time.monotonic() + max(job.controls[0].remaining(), END_RETRY_AT_LEAST)
@@ -190,11 +240,40 @@ class JobManager:
         if record is None:
             self.local.lose(job)
             return
+        if not record.held_by(self.replica, job.attempt):
+            self.local.taken_by_another(job)
+            return
         if changed:
             metrics.JOBS.labels(status=status).inc()
             logger.info("job=%s %s%s", job.ref, status, f": {error['message']}" if error else "")
-        elif record is not None:
+        else:
             logger.info("job=%s stopped; it was already %s", job.ref, record.status)
+        if job.held is not None and self.store.queue is not None:
+            with contextlib.suppress(Exception):  # an entry left behind is found ended by the next taker
+                await self.store.queue.remove(job.id)
+
+    async def _hand_back(self, job: LocalJob) -> None:
+        """Shutting down with a shared-queue job running: its record says queued again, and its entry goes
+        back to the queue's front, so another replica runs it (not a failure: its try is not counted)."""
+
+        def queued_again(record: JobRecord) -> JobRecord | None:
+            if record.finished:
+                return None
+            fresh = {"step": 0, "step_at": None, "started_at": None, "eta_seconds": None}
+            return record.replace(status="queued", replica=None, queue_position=0, **fresh)
+
+        assert job.held is not None and self.store.queue is not None
+        await self.local.settle(job)
+        try:
+            _, changed = await self.store.update(job.id, self.local.fenced(job, queued_again))
+            if changed:
+                await self.store.queue.hand_back(job.held, self.replica)
+                metrics.JOBS_HANDED_BACK.inc()
+                logger.info("job=%s handed back to the shared queue (shutting down)", job.ref)
+        except (JobStoreUnavailable, *REDIS_ERRORS) as exc:
+            # Not written: its lease lapses instead, and another replica takes it then.
+            reason = type(exc).__name__
+            logger.warning("job=%s not handed back (%s): another replica takes it after its lease", job.ref, reason)
 
     async def cancel(self, job_id: str, caller: str | None) -> JobRecord:
         """Cancel `caller`'s queued or running job (any replica's); JobNotFound (404) for another owner's,
@@ -212,7 +291,10 @@ class JobManager:
                 f"the job has already {_ended_as(record.status)}; only a queued or running job can be cancelled"
             )
         metrics.JOBS.labels(status="cancelled").inc()
-        if not self.local.stop(job_id):
+        if self.store.queue is not None and record.replica is None:
+            with contextlib.suppress(Exception):  # left behind, it is found cancelled and dropped by a taker
+                await self.store.queue.remove(job_id)  # queued: out of the shared queue, it never runs
+        elif not self.local.stop(job_id):
             await self.store.announce_cancel(job_id)
         logger.info("job=%s cancelled", log_ref(job_id))
         return record
@@ -234,7 +316,23 @@ class JobManager:
         record = await self.store.get(job_id)
         if record is None or not record.visible_to(caller):
             raise JobNotFound(NOT_FOUND)
-        return record
+        return await self._with_place(record)
+
+    async def _with_place(self, record: JobRecord) -> JobRecord:
+        """A job still in the shared queue with its place there and an estimate from every replica's recent
+        speed (read, not stored: the queue moves without touching the record)."""
+        queue = self.store.queue
+        if queue is None or record.status != "queued" or record.replica is not None:
+            return record
+        try:
+            position = await queue.position(record.id)
+            replicas, mean = await queue.speed()
+        except REDIS_ERRORS:
+            return record
+        if position is None:
+            return record
+        eta = round(math.ceil((position + 1) / max(replicas, 1)) * mean, 1) if mean is not None else None
+        return record.replace(queue_position=position, eta_seconds=eta)
 
     async def read(self, job_id: str, part: str = "result") -> Stream | None:
         """A succeeded job's stored part in chunks (check the caller with `get` first)."""
@@ -256,6 +354,11 @@ class JobManager:
 
         async for event in events.follow(self.store, job_id, get):
             yield event
+
+
+def replica_name(pod_name: str | None) -> str:
+    """This replica in job records and the queue: the pod's name (POD_NAME), else hostname:pid."""
+    return pod_name or f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _ended_as(status: str) -> str:

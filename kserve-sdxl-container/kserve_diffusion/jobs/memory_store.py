@@ -66,7 +66,7 @@ class MemoryJobStore(JobStore):
                 return True
         return False
 
-    async def create(self, record: JobRecord) -> None:
+    async def create(self, record: JobRecord, requests: bytes | None = None) -> None:
         """Keep a new job, forgetting finished ones (the owner's, then anyone's) to make room."""
         self._sweep()
         owned = sum(1 for kept in self._jobs.values() if kept.record.owner == record.owner)

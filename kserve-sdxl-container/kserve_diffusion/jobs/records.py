@@ -56,6 +56,8 @@ class JobRecord:
     error: dict[str, Any] | None = None  # {"status": HTTP status, "message": ...} when failed
     result_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # what an API shows of the request (OpenAI: seconds, size)
+    attempt: int = 0  # tries so far: 1 once a replica takes it, more when a replica died (or handed it back)
+    replica: str | None = None  # the replica that holds it (POD_NAME, else hostname:pid); None while queued
 
     @property
     def finished(self) -> bool:
@@ -91,6 +93,11 @@ class JobRecord:
             total_steps=total,
         )
 
+    def held_by(self, replica: str, attempt: int) -> bool:
+        """Whether `replica`'s try `attempt` still holds the job: the fencing check every write of the replica
+        running a job makes (a replica that lost its lease must not overwrite what the next one writes)."""
+        return self.replica == replica and self.attempt == attempt
+
     def visible_to(self, caller: str | None) -> bool:
         """Whether `caller` may see the job: its owner, or anyone with the id when it was made without one."""
         return self.owner is None or self.owner == caller
@@ -117,6 +124,8 @@ class JobRecord:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "attempt": self.attempt,
+            "replica": self.replica,
         }
         if self.status == "queued":
             shown["queue_position"] = self.queue_position

@@ -8,10 +8,21 @@ describes them, under the prefix passed as ARGV[1].
 from __future__ import annotations
 
 ANONYMOUS = "-"  # the owner key of jobs made without an identity
+GROUP = "replicas"  # the consumer group every replica of a model reads the shared queue in
 
 # Shared by the scripts: forget a job and everything that points at it; forget what has expired.
 COMMON = """
 local P = ARGV[1]
+-- Out of the shared queue: its entry acknowledged and deleted (never taken, or taken again), its requests gone.
+local function dequeue(id)
+  local entry = redis.call('HGET', P .. 'entries', id)
+  if entry then
+    redis.pcall('XACK', P .. 'queue', '@GROUP@', entry)
+    redis.call('XDEL', P .. 'queue', entry)
+    redis.call('HDEL', P .. 'entries', id)
+  end
+  redis.call('DEL', P .. 'request:' .. id)
+end
 local function forget(id)
   local meta = redis.call('HGET', P .. 'meta', id)
   if meta then
@@ -23,6 +34,7 @@ local function forget(id)
     end
     redis.call('HDEL', P .. 'meta', id)
   end
+  dequeue(id)
   redis.call('DEL', P .. 'job:' .. id, P .. 'result:' .. id, P .. 'content:' .. id)
   redis.call('ZREM', P .. 'jobs', id)
   redis.call('ZREM', P .. 'done:empty', id)
@@ -36,8 +48,9 @@ local function prune(now, ttl, unfinished_ttl)
     if redis.call('EXISTS', P .. 'job:' .. id) == 0 then forget(id) end
   end
 end
-"""
-# ARGV: prefix, id, record, created, now, owner, api, max_jobs, max_per_owner, unfinished_ttl, ttl
+""".replace("@GROUP@", GROUP)
+# ARGV: prefix, id, record, created, now, owner, api, max_jobs, max_per_owner, unfinished_ttl, ttl, requests
+# (a shared-queue job's requests, appended to the queue with the record; empty: the replica runs it itself)
 CREATE = (
     COMMON
     + """
@@ -67,6 +80,10 @@ redis.call('ZADD', P .. 'jobs', created, id)
 redis.call('ZADD', owned, created, id)
 redis.call('ZADD', P .. 'index:' .. owner .. ':' .. api, created, id)
 redis.call('HSET', P .. 'meta', id, owner .. '\\n' .. api .. '\\n0')
+if ARGV[12] ~= '' then
+  redis.call('SET', P .. 'request:' .. id, ARGV[12], 'EX', unfinished_ttl)
+  redis.call('HSET', P .. 'entries', id, redis.call('XADD', P .. 'queue', '*', 'job', id))
+end
 return 'ok'
 """
 )
@@ -85,3 +102,33 @@ return 1
 """
 )
 FORGET = COMMON + "\nforget(ARGV[2])\nreturn 1\n"  # ARGV: prefix, id
+DEQUEUE = COMMON + "\ndequeue(ARGV[2])\nreturn 1\n"  # ARGV: prefix, id (a cancelled or finished queued job)
+# Renew a lease: the queue entry's idle time starts again, only while the record says this replica's try holds
+# the job (a replica that lost its lease must not take the entry back). ARGV: prefix, id, entry, consumer,
+# replica, attempt.
+RENEW = """
+local P, id = ARGV[1], ARGV[2]
+local raw = redis.call('GET', P .. 'job:' .. id)
+if not raw then return 0 end
+local record = cjson.decode(raw)
+if record.replica ~= ARGV[5] or record.attempt ~= tonumber(ARGV[6]) then return 0 end
+if record.status ~= 'queued' and record.status ~= 'running' then return 0 end
+redis.call('XCLAIM', P .. 'queue', '@GROUP@', ARGV[4], 0, ARGV[3], 'JUSTID')
+return 1
+""".replace("@GROUP@", GROUP)
+# The position of a queued job in the shared queue: entries not yet delivered to any replica ahead of its own.
+# ARGV: prefix, id
+POSITION = """
+local P = ARGV[1]
+local entry = redis.call('HGET', P .. 'entries', ARGV[2])
+if not entry then return -1 end
+local last = '0-0'
+for _, group in ipairs(redis.pcall('XINFO', 'GROUPS', P .. 'queue')) do
+  for i = 1, #group, 2 do
+    if group[i] == 'name' and group[i + 1] ~= '@GROUP@' then break end
+    if group[i] == 'last-delivered-id' then last = group[i + 1] end
+  end
+end
+local ahead = redis.call('XRANGE', P .. 'queue', '(' .. last, '(' .. entry)
+return #ahead
+""".replace("@GROUP@", GROUP)

@@ -2,7 +2,9 @@
 
 Keys live under `kserve-diffusion:{model}:` so several models can share one Redis:
 - `job:{id}` the record (JSON), `result:{id}` its predictions, `content:{id}` a video's file, each with a TTL
-  (finished: --job_ttl_seconds; unfinished: --request_timeout more);
+  (finished: --job_ttl_seconds; unfinished: --request_timeout more); `request:{id}` a queued job's requests;
+- `queue` the shared queue (a stream; `entries` maps a job to its entry), `replicas` each replica's recent
+  speed (redis_queue.py);
 - `jobs` (every kept job), `owner:{owner}` (one caller's), `index:{owner}:{api}` (what a caller lists),
   sorted by creation time; `done:empty` / `done:kept` (finished without / with a result, by finish time);
   `meta` (id -> owner, api, result bytes) and `bytes` (the results' total), so the bounds (--max_jobs,
@@ -26,11 +28,14 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import OutOfMemoryError, WatchError
 
 from ..errors import ConfigError, JobStoreUnavailable
 from ..redact import loggable, without_job_ids, without_password
 from .records import JobRecord
+from .redis_queue import RedisQueue
 from .redis_scripts import ANONYMOUS, CREATE, FORGET, ROOM
 from .store import (
     CHUNK_BYTES,
@@ -49,8 +54,10 @@ CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 5.0
 WATCH_RETRIES = 50  # optimistic-lock retries of one update; only a cancel and a step can race
 RECONNECT_SECONDS = 1.0
+RECONNECT_RETRIES = 3  # a command on a connection Redis closed is retried this often on a new one
 READ_CONNECTIONS = 64  # clients' reads wait for one of these (up to COMMAND_TIMEOUT) rather than fail
 WRITE_CONNECTIONS = 8  # reserved for job writes: progress, ends, submissions, cancels
+QUEUE_CONNECTIONS = 4  # the shared queue: a blocking read, lease renewals, positions
 UNAVAILABLE = "the job store is unavailable right now; retry later (synchronous :predict still works)"
 FULL = "the job store is full (Redis has no memory left); retry later (synchronous :predict still works)"
 
@@ -104,12 +111,16 @@ class RedisJobStore(JobStore):
             client.close()
 
     def _pool(self, connections: int) -> aioredis.Redis:
+        # A pooled connection that Redis closed (it restarted) is reconnected and the command sent again, rather
+        # than each stale connection failing one request after a restart.
         pool = aioredis.BlockingConnectionPool.from_url(
             self.url,
             max_connections=connections,
             timeout=COMMAND_TIMEOUT,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=COMMAND_TIMEOUT,
+            # Not on a timeout: a Redis that stops answering fails a command after COMMAND_TIMEOUT, not 4 times that.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RECONNECT_RETRIES, (redis.ConnectionError,)),
         )
         return aioredis.Redis(connection_pool=pool)
 
@@ -119,6 +130,8 @@ class RedisJobStore(JobStore):
         self.writer = self._pool(WRITE_CONNECTIONS)
         for name, source in (("create", CREATE), ("room", ROOM), ("forget", FORGET)):
             self._scripts[name] = self.writer.register_script(source)
+        # The queue's blocking reads wait on connections of their own: they never hold up a job write.
+        self.queue = RedisQueue(self._pool(QUEUE_CONNECTIONS), self.prefix)  # its group: made by the first read
         self._listener = asyncio.create_task(self._listen())
 
     async def close(self) -> None:
@@ -127,7 +140,7 @@ class RedisJobStore(JobStore):
             self._listener.cancel()
             with contextlib.suppress(BaseException):
                 await self._listener
-        for client in (self.redis, self.writer):
+        for client in (self.redis, self.writer, self.queue.client if self.queue else None):
             if client is not None:
                 await client.aclose()
 
@@ -159,12 +172,13 @@ class RedisJobStore(JobStore):
     def _times(self) -> list[Any]:
         return [time.time(), self.ttl, self.unfinished_ttl]
 
-    async def create(self, record: JobRecord) -> None:
-        """Admit and SET the record atomically (a Lua script), forgetting finished jobs to make room."""
+    async def create(self, record: JobRecord, requests: bytes | None = None) -> None:
+        """Admit and SET the record atomically (a Lua script), forgetting finished jobs to make room; with
+        `requests`, keep them and append the job to the shared queue in the same script."""
         owner = record.owner or ANONYMOUS
         now, ttl, unfinished_ttl = self._times()
         arguments = [self.prefix, record.id, record.to_json(), record.created_at, now, owner, record.api]
-        arguments += [self.max_jobs, self.max_per_owner, unfinished_ttl, ttl]
+        arguments += [self.max_jobs, self.max_per_owner, unfinished_ttl, ttl, requests or b""]
         with self._reachable():
             answer = await self._scripts["create"](args=arguments)
         if answer == b"owner":

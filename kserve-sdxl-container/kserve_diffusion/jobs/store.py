@@ -16,9 +16,13 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import JobStoreUnavailable, TooManyJobs
 from .records import JobRecord
+
+if TYPE_CHECKING:
+    from .redis_queue import RedisQueue
 
 Change = Callable[[JobRecord], JobRecord | None]  # the new record, or None to leave it as it is
 WATCH_BUFFER = 64  # changes a slow watcher may fall behind by; the oldest progress is dropped first
@@ -120,10 +124,13 @@ class JobStore(ABC):
     async def close(self) -> None:  # noqa: B027
         """Let go of connections."""
 
+    queue: RedisQueue | None = None  # the queue every replica takes jobs from; None: each replica runs its own
+
     @abstractmethod
-    async def create(self, record: JobRecord) -> None:
+    async def create(self, record: JobRecord, requests: bytes | None = None) -> None:
         """Keep a new job, forgetting finished ones to make room; JobStoreUnavailable (full, or unreachable) or
-        TooManyJobs (its owner's jobs are all unfinished) when it cannot."""
+        TooManyJobs (its owner's jobs are all unfinished) when it cannot. With a shared `queue`, `requests`
+        (jobs/payload.py) are kept and the job is appended to the queue in the same step."""
 
     @abstractmethod
     async def get(self, job_id: str) -> JobRecord | None:

@@ -62,3 +62,14 @@ JOB_STORE_LOST = Counter(
     "Running jobs whose record the job store no longer held (evicted, or Redis lost its data): stopped",
 )
 JOB_END_RETRIES = Counter(PREFIX + "job_end_retries", "Retried writes of a job's end (the job store was unavailable)")
+SHARED_QUEUE_LENGTH = Gauge(
+    PREFIX + "shared_queue_length", "Jobs in the shared queue (Redis --job_store) that no replica has taken yet"
+)
+JOBS_TAKEN = Counter(PREFIX + "jobs_taken", "Jobs this replica took from the shared queue (first tries and re-takes)")
+JOBS_RETAKEN = Counter(
+    PREFIX + "jobs_retaken", "Jobs this replica took again after the lease of the replica running them lapsed"
+)
+JOB_LEASE_RENEWALS = Counter(PREFIX + "job_lease_renewals", "Renewals of this replica's lease on the job it runs")
+JOBS_HANDED_BACK = Counter(
+    PREFIX + "jobs_handed_back", "Running jobs this replica gave back to the shared queue at shutdown"
+)
