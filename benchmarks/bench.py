@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import encoding, gpu, jobs, loras, report, serving  # noqa: E402
+from benchmarks import encoding, gpu, jobs, loras, queue, report, serving  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -27,6 +27,7 @@ def cpu_results(plan: serving.Plan) -> dict[str, Any]:
     figures = serving.measure(plan)
     job_figures = jobs.measure(plan)
     lora_rows = loras.measure(plan)
+    queue_rows = queue.measure(plan)
     return {
         "machine": report.machine(),
         "sections": [
@@ -81,6 +82,14 @@ def cpu_results(plan: serving.Plan) -> dict[str, Any]:
                 "with the next request without one, and the ratio is the median of those pairs (goal for switching "
                 "between loaded adapters: <= 1.05). Eager mode; with --compile the switch is a hot-swap into a slot.",
                 "rows": lora_rows,
+            },
+            {
+                "title": "j. Shared job queue: three replicas on one Redis",
+                "note": f"{queue.JOBS} jobs submitted to one of {queue.REPLICAS} replicas: the makespan over the "
+                "ideal (the jobs' own run times in this run, summed, / 3; before the shared queue about 3); then a "
+                "long job's replica killed mid-run: from the kill to its second try running elsewhere. Needs "
+                "redis-server; not in --quick.",
+                "rows": queue_rows,
             },
         ],
     }

@@ -100,6 +100,17 @@ def _measure(server: Server, plan: Plan, store: str) -> tuple[dict[str, Any], di
     return overhead, delay
 
 
+def redis_server(folder: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server without persistence on a free loopback port, and its URL (redis-server must be on PATH)."""
+    port = _free_port()
+    binary = shutil.which("redis-server") or "redis-server"
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", folder], stdout=subprocess.DEVNULL
+    )
+    time.sleep(0.5)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
 def measure(plan: Plan) -> dict[str, list[dict[str, Any]]]:
     """Job overhead and event delay rows, per store."""
     overhead, delay = [], []
@@ -107,15 +118,9 @@ def measure(plan: Plan) -> dict[str, list[dict[str, Any]]]:
         model = tiny.write("sdxl", Path(folder) / "sdxl")
         stores: list[tuple[str, tuple[str, ...]]] = [("memory", ())]
         redis = None
-        binary = shutil.which("redis-server")
-        if binary and plan.sizes[0] >= 256:  # the --quick smoke run (128x128) measures the memory store only
-            port = _free_port()
-            redis = subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", folder],
-                stdout=subprocess.DEVNULL,
-            )
-            time.sleep(0.5)
-            stores.append(("redis", ("--job_store", f"redis://127.0.0.1:{port}/0")))
+        if shutil.which("redis-server") and plan.sizes[0] >= 256:  # --quick (128x128): the memory store only
+            redis, url = redis_server(folder)
+            stores.append(("redis", ("--job_store", url)))
         try:
             for name, flags in stores:
                 server = Server(model, *flags)

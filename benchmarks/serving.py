@@ -71,6 +71,7 @@ class Server:
         command += ["--http_port", str(self.port), "--grpc_port", str(_free_port()), "--max_queue_size", "32"]
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - open for the server's lifetime, closed by stop()
         self.started = time.perf_counter()
+        self.name = ""  # what a shared-queue benchmark calls it (its --pod_name)
         env = {**os.environ, "OMP_NUM_THREADS": str(PIPELINE_THREADS)}
         self.process = subprocess.Popen([*command, *flags], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.url = f"http://127.0.0.1:{self.port}"

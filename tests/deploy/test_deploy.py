@@ -19,7 +19,8 @@ import pytest
 import yaml
 from kserve_diffusion.config import build_parser, defaults, parse_config
 from kserve_diffusion.config.settings import MODEL_TYPES
-from kserve_diffusion.runtime import metrics
+from kserve_diffusion.jobs.redis_scripts import GROUP
+from kserve_diffusion.jobs.redis_store import RedisJobStore
 
 from tests.conftest import ROOT, VENV_PATH, ServerProcess
 from tests.helpers import only_image, predict, small
@@ -245,16 +246,28 @@ def test_inference_services_cover_every_deployment() -> None:
             assert predictor["containerConcurrency"] == 1, path
 
 
-def test_the_scale_out_manifests_share_a_redis_and_scale_on_queue_length() -> None:
+def test_the_scale_out_manifests_share_a_redis_and_scale_on_the_shared_queue() -> None:
     docs = manifest_objects()
     service = inference_services()[MANIFESTS / "scale-out" / "wan-jobs.yaml"]
     predictor = service["spec"]["predictor"]
     assert predictor["minReplicas"] > 1 and predictor["maxReplicas"] > predictor["minReplicas"]
-    assert service["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
-    (metric,) = predictor["autoScaling"]["metrics"]
-    assert metric["type"] == "External" and metric["external"]["metric"]["backend"] == "prometheus"
-    assert f"{metrics.QUEUE_LENGTH._name}{{" in metric["external"]["metric"]["query"]  # the gauge the server exports
+    assert service["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"  # KEDA's, below
+    keda = {doc["kind"]: doc for doc in docs[MANIFESTS / "scale-out" / "wan-jobs.yaml"]}
+    scaled = keda["ScaledObject"]["spec"]
+    assert scaled["scaleTargetRef"]["name"] == service["metadata"]["name"] + "-predictor"
+    assert 1 <= scaled["minReplicaCount"] < scaled["maxReplicaCount"]
+    (trigger,) = scaled["triggers"]
+    # The stream and group the server reads: the model is named after the InferenceService (--model_name).
+    store = RedisJobStore("redis://unused", service["metadata"]["name"], 1, 1)
+    assert trigger["type"] == "redis-streams" and trigger["metadata"]["stream"] == store.prefix + "queue"
+    assert trigger["metadata"]["consumerGroup"] == GROUP and trigger["metadata"]["streamLength"] == "1"
+    auth = keda["TriggerAuthentication"]
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    env = runtime()["spec"]["containers"][0]["env"]
+    (pod_name,) = [item for item in env if item["name"] == "POD_NAME"]  # `replica` in job records
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     redis = {doc["kind"]: doc for doc in docs[MANIFESTS / "scale-out" / "redis.yaml"]}
+    assert auth["spec"]["secretTargetRef"][0]["name"] == redis["Secret"]["metadata"]["name"]
     host, port = redis["Service"]["metadata"]["name"], redis["Service"]["spec"]["ports"][0]["port"]
     args = predictor["model"]["args"]
     (store,) = [arg for arg in args if arg.startswith("--job_store=")]
@@ -325,7 +338,8 @@ def test_serverless_variants_differ_only_where_knative_needs_it() -> None:
 
 def test_every_flag_in_manifests_and_scripts_is_accepted() -> None:
     container = runtime()["spec"]["containers"][0]
-    runtime_env = {item["name"]: item["value"] for item in container.get("env", [])}
+    # Values Kubernetes fills in (the downward API's POD_NAME) stand as a pod's name would.
+    runtime_env = {item["name"]: item.get("value", "pod-0") for item in container.get("env", [])}
     for path, service in inference_services().items():
         model = service["spec"]["predictor"]["model"]
         args = [arg.replace("{{.Name}}", service["metadata"]["name"]) for arg in container["args"] + model["args"]]

@@ -119,9 +119,7 @@ class QueueTaker:
         if data is None:  # its requests expired with it: nothing to run
             await self.queue.remove(held.job_id)
             return
-        items = await asyncio.get_running_loop().run_in_executor(
-            None, payload.decode, data, self.service.limits
-        )
+        items = await asyncio.get_running_loop().run_in_executor(None, payload.decode, data, self.service.limits)
         metrics.JOBS_TAKEN.inc()
         if lapsed and record.attempt > 1:
             metrics.JOBS_RETAKEN.inc()
