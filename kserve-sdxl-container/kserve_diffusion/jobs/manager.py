@@ -55,7 +55,6 @@ END_RETRY_FIRST = 0.5  # seconds before the first retry of a job's end; doubled 
 END_RETRY_MOST = 10.0
 END_RETRY_AT_LEAST = 60.0  # a job that ends at its deadline still gets this long to record its end
 RESUBMIT = "the server shut down before the job finished; submit it again (another replica will run it)"
-STOPPED = "the replicas running this job stopped ({attempts} tries, --job_max_attempts); submit it again"
 NOT_FOUND = "no job with this id here (ids come from a submission; finished jobs are forgotten after a while)"
 
 

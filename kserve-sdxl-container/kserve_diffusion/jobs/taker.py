@@ -83,6 +83,9 @@ class QueueTaker:
                     self._failing = True
                 metrics.JOB_STORE_ERRORS.inc()
                 await asyncio.sleep(RETRY_SECONDS)
+            except Exception:  # a bug must not stop this replica from ever taking a job again
+                logger.exception("taking a job from the shared queue failed; going on")
+                await asyncio.sleep(RETRY_SECONDS)
 
     async def _report(self) -> None:
         """The shared queue's length for /metrics, and this replica's speed for the others' estimates."""
@@ -95,11 +98,12 @@ class QueueTaker:
     async def _take(self, held: Entry, lapsed: bool) -> None:
         """Mark the job this replica's next try (or failed, after its last), then run it here."""
         max_attempts = self.config.job_max_attempts
+        seen: dict[str, bool] = {}
 
         def take(record: JobRecord) -> JobRecord | None:
             if record.finished:
                 return None
-            handed_back = record.status == "queued" and record.replica is None
+            handed_back = seen["handed_back"] = record.status == "queued" and record.replica is None
             if lapsed and not handed_back and record.attempt >= max_attempts:
                 message = f"the replicas running this job stopped ({record.attempt} tries, --job_max_attempts)"
                 return record.ended("failed", {"status": 503, "message": message + "; submit it again"})
@@ -119,16 +123,19 @@ class QueueTaker:
         if data is None:  # its requests expired with it: nothing to run
             await self.queue.remove(held.job_id)
             return
-        items = await asyncio.get_running_loop().run_in_executor(None, payload.decode, data, self.service.limits)
+        try:
+            items = await asyncio.get_running_loop().run_in_executor(None, payload.decode, data, self.service.limits)
+        except Exception as exc:  # stored by a replica of another version or with other limits: fail, do not loop
+            await self._unreadable(record, exc)
+            return
         metrics.JOBS_TAKEN.inc()
-        if lapsed and record.attempt > 1:
+        why = ""
+        if lapsed and not seen.get("handed_back"):
             metrics.JOBS_RETAKEN.inc()
-        logger.info(
-            "job=%s taken from the shared queue (attempt %d%s)",
-            log_ref(held.job_id),
-            record.attempt,
-            ", its replica stopped renewing its lease" if lapsed else "",
-        )
+            why = ", its replica stopped renewing its lease"
+        elif lapsed:
+            why = ", handed back by a replica that shut down"
+        logger.info("job=%s taken from the shared queue (attempt %d%s)", log_ref(held.job_id), record.attempt, why)
         job = self.manager.run_taken(record, items, held)
         renewing = asyncio.create_task(self._renew(job, held))
         try:
@@ -138,6 +145,24 @@ class QueueTaker:
             renewing.cancel()
             with contextlib.suppress(BaseException):
                 await renewing
+
+    async def _unreadable(self, record: JobRecord, exc: Exception) -> None:
+        """A taken job whose stored requests this replica cannot read: failed (this try's write), and dropped."""
+        logger.error("job=%s: its stored request cannot be read here (%s)", log_ref(record.id), type(exc).__name__)
+        error = {
+            "status": 400,
+            "message": "this replica cannot read the job's request (a different server version "
+            "or limits); submit it again",
+        }
+
+        def failed(current: JobRecord) -> JobRecord | None:
+            held = current.held_by(self.replica, record.attempt) and not current.finished
+            return current.ended("failed", error) if held else None
+
+        _, changed = await self.manager.store.update(record.id, failed)
+        if changed:
+            metrics.JOBS.labels(status="failed").inc()
+        await self.queue.remove(record.id)
 
     async def _renew(self, job: LocalJob, held: Entry) -> None:
         """While the job runs: renew the lease every third of --job_lease_seconds; a renewal the record refuses
