@@ -3,6 +3,7 @@
 # against a tiny model with small limits (so that every valid request is cheap) and fails on any 5xx.
 # FUZZ_EXAMPLES (default 200) examples per operation; FUZZ_SEED (default 1) makes the run repeatable.
 # FUZZ_FAMILY=NAME (a tiny family, e.g. flux2_klein) fuzzes that model alone instead of SDXL + Wan.
+# FUZZ_SERVER_ARGS adds server flags, e.g. "--job_store redis://127.0.0.1:6379/0" (jobs through the shared queue).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -28,7 +29,8 @@ log=benchmarks/results/fuzz/server.log
 "$PY" -m kserve_diffusion --model_name sdxl "${models[@]}" --device cpu \
   --http_port "$PORT" --grpc_port $((PORT + 1)) \
   --max_steps 2 --max_side 128 --max_pixels 16384 --max_num_images 1 --max_instances 2 \
-  --max_frames 5 --max_video_pixels 20480 --request_timeout 20 --max_body_bytes 2000000 --max_jobs 50 >"$log" 2>&1 &
+  --max_frames 5 --max_video_pixels 20480 --request_timeout 20 --max_body_bytes 2000000 --max_jobs 50 \
+  ${FUZZ_SERVER_ARGS:-} >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 120); do

@@ -124,15 +124,17 @@ def test_a_killed_replicas_job_is_finished_by_another_with_the_same_result(clust
         )
         reader.start()
         time.sleep(0.3)
-        killed_at = time.monotonic()
+        killed_at = time.time()
         cluster.replicas[first].process.send_signal(signal.SIGKILL)
         with cluster.http(watcher) as alive:
             second = running_on(alive, job, attempt=2, step=0)
-            taken_after = time.monotonic() - killed_at
             done = wait_for(alive, url(job))
         reader.join(timeout=60)
     assert done["status"] == "succeeded" and done["attempt"] == 2 and second != first, done
-    assert taken_after <= LEASE + 2, f"taken over {taken_after:.1f} s after the kill (lease {LEASE} s)"
+    # Finished within the lease plus the generation time (of the second try), and a little for the hand-over.
+    generation = done["finished_at"] - done["started_at"]
+    after_kill = done["finished_at"] - killed_at
+    assert after_kill <= LEASE + generation + 2, f"done {after_kill:.1f} s after the kill ({generation:.1f} s of work)"
     seed = done["predictions"][0]["seed"]
     with cluster.http(second) as http:
         again = predict(http, {**WORK, "seed": seed}).json()["predictions"][0]
@@ -203,7 +205,8 @@ def test_a_queued_job_cancelled_through_another_replica_never_runs(cluster: Trio
 
 def test_sigterm_hands_its_running_job_back_and_leaves_the_queue_to_the_others(cluster: Trio) -> None:
     with cluster.http("a") as a:
-        jobs = [submit(a, {**WORK, "seed": seed}) for seed in range(5)]  # three run, two wait in the queue
+        long = {**WORK, "num_inference_steps": 60}  # far longer than the 1 s grace
+        jobs = [submit(a, {**long, "seed": seed}) for seed in range(5)]  # three run, two wait in the queue
         held, deadline = None, time.monotonic() + 60
         while held is None:  # a job running on b or c, early enough that it cannot finish in the 1 s grace
             assert time.monotonic() < deadline

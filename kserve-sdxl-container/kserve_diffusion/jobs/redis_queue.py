@@ -36,15 +36,18 @@ class Entry:
 class RedisQueue:
     """The shared queue of the jobs of the model whose keys start with `prefix`."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, reader: aioredis.Redis | None = None) -> None:
+        """`client`: the queue's own connections (reads, renewals); `reader`: those of clients' reads, for what a
+        client's GET asks (positions, speeds), so no number of polling clients can hold up a lease renewal."""
         self.client = client
+        self.reader = reader or client
         self.prefix = prefix
         self.stream = prefix + "queue"
         self._grouped = False
         self._scripts = {
-            name: client.register_script(source)
-            for name, source in (("dequeue", DEQUEUE), ("renew", RENEW), ("position", POSITION))
+            name: client.register_script(source) for name, source in (("dequeue", DEQUEUE), ("renew", RENEW))
         }
+        self._scripts["position"] = self.reader.register_script(POSITION)
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group unless they exist (at start, and after a Redis that lost its
@@ -136,7 +139,7 @@ class RedisQueue:
         """(replicas seen lately, their mean generation time): a queued job's estimate divides by the first."""
         now, means, seen = time.time(), [], 0
         stale = []
-        for replica, value in (await self.client.hgetall(self.prefix + "replicas")).items():
+        for replica, value in (await self.reader.hgetall(self.prefix + "replicas")).items():
             mean_text, _, at = _text(value).partition(" ")
             if now - float(at or 0) > SPEED_FRESH_SECONDS:
                 stale.append(replica)
@@ -145,7 +148,7 @@ class RedisQueue:
             if float(mean_text) >= 0:
                 means.append(float(mean_text))
         if stale:
-            await self.client.hdel(self.prefix + "replicas", *stale)
+            await self.reader.hdel(self.prefix + "replicas", *stale)
         return seen, (sum(means) / len(means) if means else None)
 
 

@@ -57,7 +57,7 @@ RECONNECT_SECONDS = 1.0
 RECONNECT_RETRIES = 3  # a command on a connection Redis closed is retried this often on a new one
 READ_CONNECTIONS = 64  # clients' reads wait for one of these (up to COMMAND_TIMEOUT) rather than fail
 WRITE_CONNECTIONS = 8  # reserved for job writes: progress, ends, submissions, cancels
-QUEUE_CONNECTIONS = 4  # the shared queue: a blocking read, lease renewals, positions
+QUEUE_CONNECTIONS = 4  # the shared queue: a blocking read, lease renewals, hand-backs, ends
 UNAVAILABLE = "the job store is unavailable right now; retry later (synchronous :predict still works)"
 FULL = "the job store is full (Redis has no memory left); retry later (synchronous :predict still works)"
 
@@ -131,7 +131,8 @@ class RedisJobStore(JobStore):
         for name, source in (("create", CREATE), ("room", ROOM), ("forget", FORGET)):
             self._scripts[name] = self.writer.register_script(source)
         # The queue's blocking reads wait on connections of their own: they never hold up a job write.
-        self.queue = RedisQueue(self._pool(QUEUE_CONNECTIONS), self.prefix)  # its group: made by the first read
+        # Its group is made by the first read; what clients' GETs ask of it goes through their pool.
+        self.queue = RedisQueue(self._pool(QUEUE_CONNECTIONS), self.prefix, reader=self.redis)
         self._listener = asyncio.create_task(self._listen())
 
     async def close(self) -> None:
