@@ -83,6 +83,14 @@ def metric(text: str, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
+def wait_metric(http: httpx.Client, name: str, value: float, timeout: float = 15) -> None:
+    """Wait until the replica's /metrics shows `value` for `name` (gauges are refreshed every few seconds)."""
+    deadline = time.monotonic() + timeout
+    while (now := metric(http.get("/metrics").text, name)) != value:
+        assert time.monotonic() < deadline, f"{name} is {now}, not {value}"
+        time.sleep(0.2)
+
+
 def running_on(http: httpx.Client, job: dict, attempt: int = 1, step: int = 1) -> str:
     """Wait until try `attempt` of the job has run `step` steps; the replica running it."""
     deadline = time.monotonic() + 60
@@ -193,7 +201,9 @@ def test_a_queued_job_cancelled_through_another_replica_never_runs(cluster: Trio
             wait_for(a, url(blocker), ("running",))
         queued = submit(a, SHORT)
         assert a.get(url(queued)).json()["queue_position"] == 0
+        wait_metric(b, "kserve_diffusion_shared_queue_length", 1.0)  # every replica reports the shared queue
         assert b.delete(url(queued)).json()["status"] == "cancelled"
+        wait_metric(b, "kserve_diffusion_shared_queue_length", 0.0)  # its entry is gone, not merely skipped later
         for blocker in blockers:
             a.delete(url(blocker))
         for blocker in blockers:

@@ -119,16 +119,15 @@ class RedisQueue:
         return None if ahead < 0 else int(ahead)
 
     async def waiting(self) -> int:
-        """Entries no replica has taken yet (the group's lag): what autoscaling and the metric read."""
+        """Entries no replica has taken yet, for the metric: the stream's length less the group's pending entries
+        (an ended job's entry is deleted; the group's `lag` miscounts once queued entries were deleted)."""
         try:
             groups = await self.client.xinfo_groups(self.stream)
+            length = await self.client.xlen(self.stream)
         except ResponseError:
             return 0
-        for group in groups:
-            if _text(group.get("name", b"")) == GROUP:
-                lag = group.get("lag")
-                return int(lag) if lag is not None else int(await self.client.xlen(self.stream))
-        return 0
+        pending = sum(int(group.get("pending", 0)) for group in groups if _text(group.get("name", b"")) == GROUP)
+        return max(0, int(length) - pending)
 
     async def report_speed(self, replica: str, mean_seconds: float | None) -> None:
         """Tell the others this replica is up, and its recent mean generation time (for queued jobs' estimates)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Protocol
 
 from ..errors import JobStoreUnavailable
@@ -52,7 +51,6 @@ class QueueTaker:
         self.service = manager.service
         self.config = manager.service.config
         self.replica = manager.replica
-        self._reported = 0.0
         self._failing = False
 
     def _free(self) -> bool:
@@ -63,9 +61,15 @@ class QueueTaker:
 
     async def run(self) -> None:
         """Forever: when free, take a lapsed job or the next new one and run it; survive Redis going away."""
+        reporting = asyncio.create_task(self._report_forever())
+        try:
+            await self._take_forever()
+        finally:
+            reporting.cancel()
+
+    async def _take_forever(self) -> None:
         while True:
             try:
-                await self._report()
                 if not self._free():
                     await asyncio.sleep(IDLE_POLL)
                     continue
@@ -87,13 +91,14 @@ class QueueTaker:
                 logger.exception("taking a job from the shared queue failed; going on")
                 await asyncio.sleep(RETRY_SECONDS)
 
-    async def _report(self) -> None:
-        """The shared queue's length for /metrics, and this replica's speed for the others' estimates."""
-        if time.monotonic() - self._reported < SPEED_EVERY:
-            return
-        self._reported = time.monotonic()
-        metrics.SHARED_QUEUE_LENGTH.set(await self.queue.waiting())
-        await self.queue.report_speed(self.replica, self.service.worker.mean_run_time())
+    async def _report_forever(self) -> None:
+        """Every SPEED_EVERY seconds, busy or not: the shared queue's length for /metrics, and this replica's
+        speed (and liveness) for the others' estimates."""
+        while True:
+            with contextlib.suppress(*REDIS_ERRORS):
+                metrics.SHARED_QUEUE_LENGTH.set(await self.queue.waiting())
+                await self.queue.report_speed(self.replica, self.service.worker.mean_run_time())
+            await asyncio.sleep(SPEED_EVERY)
 
     async def _take(self, held: Entry, lapsed: bool) -> None:
         """Mark the job this replica's next try (or failed, after its last), then run it here."""
