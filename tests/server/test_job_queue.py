@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -49,7 +50,7 @@ def trio(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
     folder = tmp_path_factory.mktemp("queue")
     store = RedisProcess(folder, "--appendonly", "yes", "--appendfsync", "always")
     common = ["--model_id", str(tiny_models["sdxl"]), "--job_store", store.url]
-    common += ["--job_lease_seconds", str(LEASE), "--shutdown_grace_seconds", "1"]
+    common += ["--job_lease_seconds", str(LEASE), "--shutdown_grace_seconds", "1", "--max_queue_size", "1"]
     one_thread = {"OMP_NUM_THREADS": "1"}  # three replicas on a 2-core machine: no oversubscribed thread pools
     replicas = {name: start_server([*common, "--pod_name", name], folder / f"{name}.log", one_thread) for name in NAMES}
     yield Trio(store, replicas)
@@ -119,6 +120,21 @@ def test_jobs_sent_to_one_replica_run_on_all_three(cluster: Trio) -> None:
         taken += metric(text, "kserve_diffusion_jobs_taken_total")
         renewed += metric(text, "kserve_diffusion_job_lease_renewals_total")
     assert taken >= 6 and renewed > 0, (taken, renewed)
+
+
+def test_a_replica_whose_own_queue_is_full_still_takes_job_submissions(cluster: Trio) -> None:
+    with cluster.http("a") as a:
+        slow = {**WORK, "num_inference_steps": 60}
+        with ThreadPoolExecutor(2) as pool:  # one :predict runs on a, one waits: a's queue (size 1) is full
+            answers = [pool.submit(predict, a, slow)]
+            wait_metric(a, "kserve_diffusion_in_flight_requests", 1.0)
+            answers.append(pool.submit(predict, a, slow))
+            wait_metric(a, "kserve_diffusion_queue_length", 1.0)
+            assert predict(a, SHORT).status_code == 503  # a's own queue is full for :predict
+            job = submit(a, SHORT)  # the job waits in Redis, not in a's queue: accepted, run by b or c
+            done = wait_for(a, url(job))
+            assert done["status"] == "succeeded" and done["replica"] != "a", done
+            assert [answer.result().status_code for answer in answers] == [200, 200]
 
 
 def test_a_killed_replicas_job_is_finished_by_another_with_the_same_result(cluster: Trio) -> None:

@@ -102,7 +102,9 @@ class JobManager:
         """Check the request as a synchronous one would be, then keep it as a job of `owner`: in the shared queue
         when there is one, else in this replica's queue, whose place it holds until it ends; the job's first
         record. `describe` gives what an API shows of the checked requests (kept in the record's `extra`)."""
-        prepared = [payload.with_seed(item) for item in await self.service.prepare(instances)]
+        shared = self.store.queue is not None
+        checked = await self.service.prepare(instances, local_room=not shared)
+        prepared = [payload.with_seed(item) for item in checked]
         record = JobRecord(
             id=new_job_id(),
             model=self.service.name,
@@ -112,7 +114,7 @@ class JobManager:
             owner=owner,
             extra=describe([item.request for item in prepared]) if describe else {},
         )
-        if self.store.queue is not None:
+        if shared:
             return await self._enqueue(record, prepared, request_id)
         worker = self.service.worker
         waiting_ahead = worker.waiting

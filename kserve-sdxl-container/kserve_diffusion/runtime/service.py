@@ -172,7 +172,10 @@ class GenerationService:
             return results
 
     async def prepare(
-        self, instances: list[Any], check: Callable[[GenerationRequest], None] | None = None
+        self,
+        instances: list[Any],
+        check: Callable[[GenerationRequest], None] | None = None,
+        local_room: bool = True,
     ) -> list[Prepared]:
         """Everything that can fail because of the request, done before any generation: validation, the
         protocol's `check`, room in the queue, fetching and decoding input images (a job is submitted only
@@ -185,7 +188,8 @@ class GenerationService:
                 check(request)
         prepared = []
         for request in checked:
-            self._check_room(request)  # before fetching and decoding its images
+            if local_room:  # a shared-queue job waits in Redis, not here: this replica's queue may be full
+                self._check_room(request)  # before fetching and decoding its images
             loaded, inputs = await self.inputs.load(request)  # sizes may follow the input image
             prepared.append(Prepared(loaded, inputs))
         return prepared
