@@ -294,3 +294,25 @@ def test_a_video_stays_listed_after_many_other_jobs(run_with_store: Runner) -> N
         assert [r.id for r in page.records] == [video.id] and not page.has_more
 
     run_with_store(body, max_jobs=1000, max_per_owner=1000, ttl=60)
+
+
+def test_the_shared_queue_hands_out_each_job_once_and_forgets_gone_replicas(redis_server: RedisProcess) -> None:
+    async def body() -> None:
+        store = RedisJobStore(redis_server.url, "queue-unit", 60, 60)
+        await store.start()
+        queue = store.queue
+        assert queue is not None
+        first, second = record(), record()
+        for job in (first, second):
+            await store.create(job, b"[]")
+        taken = [await queue.next_new(name, 100) for name in ("replica-a", "replica-b", "replica-c")]
+        assert [entry.job_id if entry else None for entry in taken] == [first.id, second.id, None]  # FIFO, once
+        assert await queue.next_lapsed("replica-c", 60) is None  # both leases are fresh
+        await queue.remove(first.id)  # replica-a's job ended: it holds nothing now
+        await asyncio.sleep(0.05)
+        assert await queue.forget_gone_replicas(0.01) == 1  # a; b still holds a job (c never got an entry)
+        consumers = await queue.client.xinfo_consumers(queue.stream, "replicas")
+        assert [consumer["name"] for consumer in consumers] == [b"replica-b"]
+        await store.close()
+
+    asyncio.run(body())

@@ -129,6 +129,22 @@ class RedisQueue:
         pending = sum(int(group.get("pending", 0)) for group in groups if _text(group.get("name", b"")) == GROUP)
         return max(0, int(length) - pending)
 
+    async def forget_gone_replicas(self, idle_seconds: float) -> int:
+        """Drop consumers that hold no entry and have not read the queue for `idle_seconds` (replicas that died
+        or scaled down): the group's consumer list does not grow with every pod ever started. How many."""
+        try:
+            consumers = await self.client.xinfo_consumers(self.stream, GROUP)
+        except ResponseError:
+            return 0
+        gone = [
+            _text(consumer["name"])
+            for consumer in consumers
+            if int(consumer.get("pending", 0)) == 0 and int(consumer.get("idle", 0)) > idle_seconds * 1000
+        ]
+        for name in gone:
+            await self.client.xgroup_delconsumer(self.stream, GROUP, name)
+        return len(gone)
+
     async def report_speed(self, replica: str, mean_seconds: float | None) -> None:
         """Tell the others this replica is up, and its recent mean generation time (for queued jobs' estimates)."""
         value = f"{mean_seconds if mean_seconds is not None else -1} {time.time()}"

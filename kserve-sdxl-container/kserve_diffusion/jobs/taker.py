@@ -27,6 +27,7 @@ IDLE_POLL = 0.05  # seconds between looks at a busy accelerator
 READ_BLOCK_MS = 1000  # a free replica waits this long for a new entry, then looks for lapsed leases again
 SPEED_EVERY = 5.0  # seconds between reports of this replica's speed (and liveness) to the others
 RETRY_SECONDS = 1.0  # pause after Redis failed, before trying again
+GONE_AFTER_LEASES = 20  # a consumer that held nothing and read nothing for this many leases is a gone replica
 
 
 class Runs(Protocol):
@@ -98,6 +99,7 @@ class QueueTaker:
             with contextlib.suppress(*REDIS_ERRORS):
                 metrics.SHARED_QUEUE_LENGTH.set(await self.queue.waiting())
                 await self.queue.report_speed(self.replica, self.service.worker.mean_run_time())
+                await self.queue.forget_gone_replicas(GONE_AFTER_LEASES * self.config.job_lease_seconds)
             await asyncio.sleep(SPEED_EVERY)
 
     async def _take(self, held: Entry, lapsed: bool) -> None:
