@@ -308,9 +308,16 @@ def test_the_shared_queue_hands_out_each_job_once_and_forgets_gone_replicas(redi
         taken = [await queue.next_new(name, 100) for name in ("replica-a", "replica-b", "replica-c")]
         assert [entry.job_id if entry else None for entry in taken] == [first.id, second.id, None]  # FIFO, once
         assert await queue.next_lapsed("replica-c", 60) is None  # both leases are fresh
+        live = await queue.client.hget(store.prefix + "entries", second.id)
+        await queue.client.xadd(queue.stream, {"job": second.id})  # a submission retried after a lost reply
+        duplicate = await queue.next_new("replica-c", 100)
+        assert duplicate is not None and duplicate.job_id == second.id
+        await queue.drop(duplicate)  # only that entry goes: replica-b's lease on the live one stays
+        assert await queue.client.hget(store.prefix + "entries", second.id) == live
+        assert await queue.client.xlen(queue.stream) == 2
         await queue.remove(first.id)  # replica-a's job ended: it holds nothing now
         await asyncio.sleep(0.05)
-        assert await queue.forget_gone_replicas(0.01) == 1  # a; b still holds a job (c never got an entry)
+        assert await queue.forget_gone_replicas(0.01) == 2  # a and c; b still holds a job
         consumers = await queue.client.xinfo_consumers(queue.stream, "replicas")
         assert [consumer["name"] for consumer in consumers] == [b"replica-b"]
         await store.close()

@@ -109,6 +109,11 @@ class RedisQueue:
         """Out of the queue for good (it ended, or was cancelled before any replica took it)."""
         await self._scripts["dequeue"](args=[self.prefix, job_id])
 
+    async def drop(self, held: Entry) -> None:
+        """Acknowledge and delete this one entry (a duplicate, or one whose job another entry stands for)."""
+        await self.client.xack(self.stream, GROUP, held.entry)
+        await self.client.xdel(self.stream, held.entry)
+
     async def requests(self, job_id: str) -> bytes | None:
         """The job's stored requests (jobs/payload.py), or None once gone."""
         return await self.client.get(self.prefix + "request:" + job_id)

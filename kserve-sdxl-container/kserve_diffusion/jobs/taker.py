@@ -120,6 +120,9 @@ class QueueTaker:
             return record.replace(status="queued", attempt=record.attempt + 1, replica=self.replica, **fresh)
 
         record, changed = await self.manager.store.update(held.job_id, take)
+        if record is not None and not changed and not record.finished:
+            await self.queue.drop(held)  # another entry of the same job (a retried submission) is the live one
+            return
         if record is None or not changed or record.finished:
             if record is not None and record.finished and changed:
                 metrics.JOBS.labels(status="failed").inc()
