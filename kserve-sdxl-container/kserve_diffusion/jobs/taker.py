@@ -76,7 +76,11 @@ class QueueTaker:
                     continue
                 lapsed = await self.queue.next_lapsed(self.replica, self.config.job_lease_seconds)
                 held = lapsed or await self.queue.next_new(self.replica, READ_BLOCK_MS)
-                if held is not None:
+                if held is not None and not self._free():
+                    # A :predict came in while the read waited: the job must not wait behind it here. Given back
+                    # untouched, the next free replica claims it at once.
+                    await self.queue.hand_back(held, self.replica)
+                elif held is not None:
                     await self._take(held, lapsed=lapsed is not None)
                 if self._failing:
                     logger.info("job store %s: the shared queue answers again", self.manager.store.name)
