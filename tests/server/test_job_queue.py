@@ -53,10 +53,11 @@ def trio(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
     common += ["--job_lease_seconds", str(LEASE), "--shutdown_grace_seconds", "1", "--max_queue_size", "1"]
     one_thread = {"OMP_NUM_THREADS": "1"}  # three replicas on a 2-core machine: no oversubscribed thread pools
     replicas = {name: start_server([*common, "--pod_name", name], folder / f"{name}.log", one_thread) for name in NAMES}
-    yield Trio(store, replicas)
+    trio = Trio(store, replicas)
+    yield trio
     for server in replicas.values():
         server.stop()
-    store.stop()
+    trio.store.stop()  # the Redis of the end: a test restarts it
 
 
 @pytest.fixture
