@@ -72,7 +72,7 @@ class RedisQueue:
             return None
         for _, entries in answer or ():
             for entry, fields in entries:
-                return Entry(_text(entry), _text(fields.get(b"job", b"")))
+                return Entry(as_text(entry), as_text(fields.get(b"job", b"")))
         return None
 
     async def next_lapsed(self, consumer: str, lease_seconds: float) -> Entry | None:
@@ -90,7 +90,7 @@ class RedisQueue:
         claimed = answer[1] if len(answer) > 1 else []
         for entry, fields in claimed:
             if fields:  # a deleted entry comes back without fields (Redis drops it from the pending list)
-                return Entry(_text(entry), _text(fields.get(b"job", b"")))
+                return Entry(as_text(entry), as_text(fields.get(b"job", b"")))
         return None
 
     async def renew(self, held: Entry, consumer: str, replica: str, attempt: int) -> bool:
@@ -131,7 +131,7 @@ class RedisQueue:
             length = await self.client.xlen(self.stream)
         except ResponseError:
             return 0
-        pending = sum(int(group.get("pending", 0)) for group in groups if _text(group.get("name", b"")) == GROUP)
+        pending = sum(int(group.get("pending", 0)) for group in groups if as_text(group.get("name", b"")) == GROUP)
         return max(0, int(length) - pending)
 
     async def forget_gone_replicas(self, idle_seconds: float) -> int:
@@ -142,7 +142,7 @@ class RedisQueue:
         except ResponseError:
             return 0
         gone = [
-            _text(consumer["name"])
+            as_text(consumer["name"])
             for consumer in consumers
             if int(consumer.get("pending", 0)) == 0 and int(consumer.get("idle", 0)) > idle_seconds * 1000
         ]
@@ -160,7 +160,7 @@ class RedisQueue:
         now, means, seen = time.time(), [], 0
         stale = []
         for replica, value in (await self.reader.hgetall(self.prefix + "replicas")).items():
-            mean_text, _, at = _text(value).partition(" ")
+            mean_text, _, at = as_text(value).partition(" ")
             if now - float(at or 0) > SPEED_FRESH_SECONDS:
                 stale.append(replica)
                 continue
@@ -172,5 +172,6 @@ class RedisQueue:
         return seen, (sum(means) / len(means) if means else None)
 
 
-def _text(data: Any) -> str:
+def as_text(data: Any) -> str:
+    """A Redis reply (bytes) as text."""
     return data.decode(errors="replace") if isinstance(data, bytes) else str(data)

@@ -35,7 +35,7 @@ from redis.exceptions import OutOfMemoryError, WatchError
 from ..errors import ConfigError, JobStoreUnavailable
 from ..redact import loggable, without_job_ids, without_password
 from .records import JobRecord
-from .redis_queue import RedisQueue
+from .redis_queue import RedisQueue, as_text
 from .redis_scripts import ANONYMOUS, CREATE, FORGET, ROOM
 from .store import (
     CHUNK_BYTES,
@@ -297,12 +297,12 @@ class RedisJobStore(JobStore):
                 await pubsub.psubscribe(events + "*")
                 await pubsub.subscribe(self._key("cancel"))
                 async for message in pubsub.listen():
-                    channel = _text(message.get("channel"))
+                    channel = as_text(message.get("channel"))
                     job_id = channel[len(events) :]
                     if message.get("type") == "pmessage" and self.watchers.watched(job_id):
                         self.watchers.tell(job_id, JobRecord.from_json(message["data"]))
                     elif message.get("type") == "message":
-                        self._cancels.put_nowait(_text(message["data"]))
+                        self._cancels.put_nowait(as_text(message["data"]))
             except (redis.RedisError, OSError) as exc:
                 logger.warning("job store %s: event channel lost (%s); reconnecting", self.name, _reason(exc))
                 await asyncio.sleep(RECONNECT_SECONDS)
@@ -320,10 +320,6 @@ class RedisJobStore(JobStore):
         """Ids from the cancel channel (read by the one listener)."""
         while True:
             yield await self._cancels.get()
-
-
-def _text(data: Any) -> str:
-    return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
 
 
 def _reason(exc: BaseException) -> str:
