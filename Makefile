@@ -17,7 +17,7 @@ GRPC_PORT ?= 8081
 CONSTRAINTS := constraints.txt
 NOTEBOOK_CONSTRAINTS := constraints-notebook.txt
 
-.PHONY: install notebook-env find-redis demo test test-fast docs lock fuzz bench bench-gpu gpu-check lint clean
+.PHONY: install notebook-env find-redis find-s3rver demo test test-fast docs lock fuzz bench bench-gpu gpu-check lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -72,9 +72,15 @@ find-redis:
 	    echo "note: no redis-server on PATH; the Redis job store tests will be skipped (sudo apt-get install redis-server, or dnf install redis)"; \
 	  fi; }
 
+# s3rver (Node) is the S3 server that enforces presigned URLs' expiry (moto_server, from the test extras, does not):
+# installed with npm into .tools/s3rver when npm is there; otherwise that one test is skipped, and says so.
+S3RVER := .tools/s3rver/node_modules/.bin/s3rver
+find-s3rver:
+	@test -x $(S3RVER) || { 	  if command -v npm >/dev/null 2>&1; then 	    echo "installing s3rver (npm) for the presigned URL expiry test"; 	    npm install -s --no-audit --no-fund --prefix .tools/s3rver s3rver@3.7.1 >/dev/null 2>&1 || 	      echo "note: npm could not install s3rver; the presigned URL expiry test will be skipped"; 	  else 	    echo "note: no npm; the presigned URL expiry test will be skipped (apt-get install npm)"; 	  fi; }
+
 # -rs: say which checks were skipped and why (no GPU, no ../shared for the manifest validation, ...)
 # Every tier: unit, model, server, deploy (docs/development.md).
-test: install notebook-env find-redis
+test: install notebook-env find-redis find-s3rver
 	$(PY) -m pytest -q -rs
 
 # The unit tier: no server process, no generation (seconds).

@@ -21,6 +21,7 @@ from kserve_diffusion.testing.adapters import lora_layers, save_diffusers, save_
 from safetensors.torch import load_file, save_file
 
 from tests.image_host import ImageHost
+from tests.s3_servers import S3Process
 
 STARTUP_TIMEOUT = 180
 ROOT = Path(__file__).parents[1]
@@ -381,5 +382,13 @@ class RedisProcess:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """One Redis for the session's job store tests."""
     server = RedisProcess(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Process]:
+    """One moto_server (S3 API) for the session's output-store tests, with the bucket `results`."""
+    server = S3Process("moto", tmp_path_factory.mktemp("moto"), free_port())
     yield server
     server.stop()

@@ -17,6 +17,7 @@ from . import startup_notes
 from .config import parse_config
 from .errors import ConfigError
 from .jobs.stores import open_store
+from .outputs.s3 import open_output_store
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kserve_logging.configure_logging(config.log_config_file)
         startup_notes.install()  # before the imports whose warnings it rewrites
         store = open_store(config)  # an unreachable Redis stops the start here, before the model loads
+        outputs = open_output_store(config.output_store, config.model_name, config.output_url_ttl_seconds)
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
@@ -38,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
         config = resolve_model_type(config)  # --model_type auto: the family the folder holds
-        service = GenerationService(config, serving_family(config))
+        service = GenerationService(config, serving_family(config), outputs)
         service.load()
     except ConfigError as exc:
         logger.error("startup failed: %s", exc)

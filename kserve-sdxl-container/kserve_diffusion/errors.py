@@ -139,3 +139,29 @@ class JobStoreUnavailable(ServingError, grpc_errors.Unavailable):
 
     def __init__(self, message: str, retry_after: int = 5):
         super().__init__(message, {"Retry-After": str(retry_after)})
+
+
+class OutputStoreUnavailable(ServingError, grpc_errors.Unavailable):
+    """The --output_store does not answer now: 503 with Retry-After for answers that need it (URLs); base64 answers
+    still work."""
+
+    http_status = 503
+    outcome = "rejected"
+
+    def __init__(self, message: str, retry_after: int = 10):
+        super().__init__(message, {"Retry-After": str(retry_after)})
+
+
+class OutputStoreFailed(ServingError, grpc_errors.Internal):
+    """The --output_store answered an upload or read with an error (after boto3's retries): 502 / INTERNAL. The
+    message names the operation and the store's error code, never credentials."""
+
+    http_status = 502
+    outcome = "error"
+
+
+class OutputGone(ServingError, grpc_errors.NotFound):
+    """A finished job's files are no longer in the --output_store (a lifecycle rule deleted them): 410."""
+
+    http_status = 410
+    outcome = "invalid"

@@ -208,6 +208,11 @@ class GenerationRequest(BaseModel):
     quality: int | None = Field(
         None, ge=0, le=100, description="JPEG/WebP quality, 0 (smallest file) to 100 (best); 90 by default"
     )
+    response_format: Literal["b64_json", "url"] | None = Field(
+        None,
+        description="how the answer carries the files: b64_json (base64 / data URLs) or url (presigned URLs of "
+        "the files in the server's --output_store); the server's --default_response_format when absent",
+    )
     timeout: float | None = Field(
         None, gt=0, description="seconds this request may take in all, queue included (default --request_timeout)"
     )

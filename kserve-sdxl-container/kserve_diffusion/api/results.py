@@ -55,6 +55,13 @@ class GenerationResult:
     height: int
     video: VideoInfo | None = None
     cache: CacheReport | None = None  # with --cache
+    response_format: str = "b64_json"  # how the answer carries the files: inline, or as URLs ("url")
+    objects: tuple[str, ...] = ()  # with --output_store: the files' s3:// URIs, once uploaded
+    urls: tuple[str, ...] = ()  # response_format url: the files' presigned GET URLs
+
+    def shown_files(self) -> list[str]:
+        """The files as an answer shows them: presigned URLs, or data URLs."""
+        return list(self.urls) or [media.data_url(data, self.content_type) for data in self.files]
 
     @property
     def content_type(self) -> str:
@@ -75,11 +82,12 @@ def encode_result(
         request.quality if request.quality is not None else media.DEFAULT_QUALITY,
         png_compress_level,
     )
-    task, file_format = request.task_type, request.output_format
+    task, file_format, answer = request.task_type, request.output_format, request.response_format or "b64_json"
     if isinstance(output, media.Video):
         height, width = output.frames.shape[1:3]
         info = VideoInfo(len(output.frames), output.fps, width, height, round(output.duration_seconds, 3))
-        return GenerationResult(task, seed, [media.encode_video(output, encoding)], file_format, width, height, info)
+        files = [media.encode_video(output, encoding)]
+        return GenerationResult(task, seed, files, file_format, width, height, info, response_format=answer)
     width, height = output[0].size
     files = [media.encode_image(image, encoding) for image in output]
-    return GenerationResult(task, seed, files, file_format, width, height)
+    return GenerationResult(task, seed, files, file_format, width, height, response_format=answer)

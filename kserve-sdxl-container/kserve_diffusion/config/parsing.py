@@ -154,6 +154,13 @@ def _resolve(values: dict[str, Any], cuda_available: Callable[[], bool], workers
             f"--job_store: expected memory or a Redis URL (redis://host:port/db, rediss://, unix://), "
             f"got {without_password(store)!r}"
         )
+    output_store = values["output_store"]
+    if output_store is not None:
+        parts = urlsplit(output_store)
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment or "@" in parts.netloc:
+            raise ConfigError(f"--output_store: expected s3://bucket/prefix, got {without_password(output_store)!r}")
+    elif values["default_response_format"] == "url":
+        raise ConfigError("--default_response_format url: needs --output_store s3://bucket/prefix to put the files in")
     values["api_key_values"] = read_api_keys(values["api_keys"])
     owner_header = values["job_owner_header"]
     if owner_header is not None and not _HEADER_NAME.fullmatch(owner_header):

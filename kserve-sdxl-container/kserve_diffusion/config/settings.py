@@ -328,6 +328,26 @@ class ServerConfig:
         "this replica's name in job records (`replica`): the manifests set POD_NAME from the downward API",
         default_text="hostname:pid",
     )
+    output_store: str | None = setting(
+        None,
+        "an S3-compatible bucket for results, s3://bucket/prefix: requests with response_format url get presigned "
+        "URLs, and jobs keep only the object keys. Credentials and endpoint come from the AWS_* environment "
+        "(AWS_ENDPOINT_URL, or an OpenShift AI data connection's AWS_S3_ENDPOINT); an unreachable store stops the "
+        "start",
+        default_text="none: answers carry the files (base64)",
+    )
+    output_url_ttl_seconds: int = setting(
+        3600,
+        "lifetime of the presigned URLs answered for --output_store objects (SigV4 allows at most 7 days)",
+        minimum=1,
+        maximum=604800,
+    )
+    default_response_format: str = setting(
+        "b64_json",
+        "how answers carry files when a request names no response_format: b64_json (base64 / data URLs) or url "
+        "(presigned URLs; needs --output_store)",
+        choices=("b64_json", "url"),
+    )
     lora_dir: str | None = setting(
         None,
         "folder of LoRA adapters a request may name in `loras`: each a .safetensors file (diffusers/PEFT or "

@@ -26,6 +26,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
+
 from ..api.request import GenerationRequest
 from ..api.results import GenerationResult
 from ..errors import (
@@ -40,6 +42,7 @@ from ..errors import (
     ServingError,
     ShuttingDown,
 )
+from ..outputs.delivery import holds_objects, object_keys
 from ..runtime import metrics
 from ..runtime.service import GenerationService, Prepared
 from . import events, payload
@@ -175,7 +178,9 @@ class JobManager:
                 if index:
                     job.reservation.hold_again()
                 note = f" job={job.ref}"
-                results.append(await self.service.run(item, control, job.stop, note, job.reservation))
+                # With an output store a job keeps object keys, not files: {job id}/{index}, counted across instances.
+                upload = (job.id, sum(len(r.files) for r in results)) if self.service.outputs is not None else None
+                results.append(await self.service.run(item, control, job.stop, note, job.reservation, upload))
                 job.steps_done += control.steps
             job.reservation.release()
             stored = await asyncio.get_running_loop().run_in_executor(None, self.render, results, api)
@@ -304,7 +309,11 @@ class JobManager:
         """Cancel `caller`'s job if it has not ended, then forget it and its result (OpenAI's delete)."""
         with contextlib.suppress(JobFinished):
             await self.cancel(job_id, caller)
+        outputs = self.service.outputs
+        stored = await self.store.result(job_id) if outputs is not None else None
         await self.store.delete(job_id)
+        if outputs is not None and stored is not None and holds_objects(stored):
+            await outputs.delete(object_keys(orjson.loads(stored), outputs))  # its URLs stop working too
 
     def _check_id(self, job_id: str) -> None:
         if not is_job_id(job_id):  # not even the shape of an id: no store lookup

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,13 @@ import imageio.v2 as imageio
 import numpy as np
 from PIL import Image as PILImage
 from PIL.Image import Image
+
+# imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp (to keep Ctrl-C from it), which makes Python fork()
+# instead of vfork(): gRPC's fork handlers then run in the child while the server's gRPC threads are busy
+# ("skipping fork() handlers", "epoll_wait error: Bad file descriptor") and the child sometimes died before
+# running ffmpeg - a broken pipe that failed about one video in fifty under load. Without preexec_fn the child
+# is spawned without fork handlers; a server has no terminal whose Ctrl-C could reach ffmpeg.
+os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 
 IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}  # output format -> Pillow format
 MIME_TYPES = {

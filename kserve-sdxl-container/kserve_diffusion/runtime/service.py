@@ -24,6 +24,8 @@ from ..api.request import TASK_INPUTS, TASK_TYPES, VIDEO_TASKS, GenerationReques
 from ..api.results import CacheReport, GenerationResult, encode_result
 from ..config import ServerConfig
 from ..errors import GenerationFailed, OutOfMemory, RequestError, ServingError, ShuttingDown
+from ..outputs.delivery import deliver, request_object_id
+from ..outputs.s3 import OutputStore
 from ..pipelines import Family, Runner
 from ..pipelines.lora_catalog import LoraCatalog
 from . import metrics
@@ -64,8 +66,9 @@ class GenerationService:
     """One served model: loads its family once, then validates and generates requests on one accelerator
     thread, never blocking the event loop."""
 
-    def __init__(self, config: ServerConfig, family: Family):
+    def __init__(self, config: ServerConfig, family: Family, outputs: OutputStore | None = None):
         self.name = config.model_name
+        self.outputs = outputs  # --output_store: where url answers' (and jobs') files go
         self.config = config
         self.family = family
         self.limits = Limits.from_config(config)
@@ -128,6 +131,8 @@ class GenerationService:
         self.worker.shutdown()
         if self.encoder is not None:
             self.encoder.shutdown(wait=True)
+        if self.outputs is not None:
+            self.outputs.close()
 
     async def drain(self, grace_seconds: float) -> None:
         """Shutdown, first part: not ready at once, new requests refused; the admitted ones get up to
@@ -165,10 +170,13 @@ class GenerationService:
         with self._admitted():
             prepared = await self.prepare(instances, check)
             disconnected = CLIENT_DISCONNECTED.get()
-            results = []
+            object_id = request_object_id(request_id)
+            results: list[GenerationResult] = []
             for item in prepared:
                 control = self.control(item.request, request_id)
-                results.append(await self._generate(item, control, disconnected))
+                wants_urls = item.request.response_format == "url"
+                upload = (object_id, sum(len(r.files) for r in results)) if wants_urls else None
+                results.append(await self._generate(item, control, disconnected, upload_as=upload))
             return results
 
     async def prepare(
@@ -186,6 +194,8 @@ class GenerationService:
         for request in checked:
             if check is not None:
                 check(request)
+        if self.outputs is not None and any(request.response_format == "url" for request in checked):
+            await self.outputs.ensure_available()  # 503 now, not after the generation, while the store is down
         prepared = []
         for request in checked:
             if local_room:  # a shared-queue job waits in Redis, not here: this replica's queue may be full
@@ -205,11 +215,13 @@ class GenerationService:
         stop: asyncio.Event | None = None,
         note: str = "",
         reservation: Reservation | None = None,
+        upload_as: tuple[str, int] | None = None,
     ) -> GenerationResult:
         """Generate one prepared request (a job's instance) in the queue place `reservation` holds: `stop` set
-        drops it from the queue or stops it at its next step; `note` is added to its log line."""
+        drops it from the queue or stops it at its next step; `note` is added to its log line; with an output
+        store, `upload_as` (object id, first index) uploads its files."""
         with self._admitted():
-            return await self._generate(prepared, control, stop, note, reservation)
+            return await self._generate(prepared, control, stop, note, reservation, upload_as)
 
     @contextlib.contextmanager
     def _admitted(self) -> Iterator[None]:
@@ -240,10 +252,19 @@ class GenerationService:
         return self.runner.check(parse_request(probe, self.limits), self.limits).fps
 
     def _checked(self, instance: Any) -> GenerationRequest:
-        """The validated request (family rules applied); a RequestError is counted as invalid."""
+        """The validated request (family rules applied, response_format resolved); a RequestError is counted as
+        invalid."""
         assert self.runner is not None
         try:
-            return self.runner.check(parse_request(instance, self.limits), self.limits)
+            request = self.runner.check(parse_request(instance, self.limits), self.limits)
+            answer = request.response_format or self.config.default_response_format
+            if answer == "url" and self.outputs is None:
+                raise RequestError(
+                    "response_format",
+                    '"url" needs a server started with --output_store s3://bucket/prefix (an S3-compatible store '
+                    'for the files); this one answers "b64_json" only, got "url"',
+                )
+            return fill(request, response_format=answer)
         except RequestError:
             task = instance.get("task_type") if isinstance(instance, dict) else None
             metrics.count(task if task in TASK_TYPES else "unknown", "invalid")
@@ -256,6 +277,7 @@ class GenerationService:
         stop: asyncio.Event | None,
         note: str = "",
         reservation: Reservation | None = None,
+        upload_as: tuple[str, int] | None = None,
     ) -> GenerationResult:
         assert self.runner is not None and prepared.request.task_type is not None
         request, request_id = prepared.request, control.request_id
@@ -313,6 +335,8 @@ class GenerationService:
             timed.queue_wait,
             timed.run_time,
         )
+        if upload_as is not None and self.outputs is not None:  # off the accelerator: the next request runs meanwhile
+            result = await deliver(result, self.outputs, *upload_as)
         return result
 
     def _run(self, request: GenerationRequest, seed: int, inputs: InputImages, control: RequestControl) -> Any:

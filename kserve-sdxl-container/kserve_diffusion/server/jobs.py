@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -22,11 +22,14 @@ from ..errors import ServerBusy, ServingError
 from ..jobs.manager import JobManager
 from ..jobs.records import JobRecord
 from ..jobs.store import StoredResult, Stream
+from ..outputs.delivery import holds_objects, resolve
+from ..outputs.s3 import OutputStore
 from ..redact import request_id
 from . import v1
 from .auth import caller_identity
 
 Scope = dict[str, Any]
+Opened = TypeVar("Opened")  # a stored part, or an object of the output store: a size and chunks
 MAX_EVENTS_PER_STREAM = 10_000  # then the stream ends, asking the client to reconnect (bounds one stream's work)
 LIST_LIMIT = 100
 
@@ -73,8 +76,8 @@ class Slots:
 
 
 async def open_download(
-    downloads: Slots, read: Callable[[], Awaitable[Stream | None]]
-) -> tuple[Stream, Callable[[], None]] | None:
+    downloads: Slots, read: Callable[[], Awaitable[Opened | None]]
+) -> tuple[Opened, Callable[[], None]] | None:
     """A stored part opened under a download slot (ServerBusy when none is free): (its stream, the slot's
     release); None, with the slot given back, when the part is gone."""
     release = downloads.take()
@@ -117,11 +120,27 @@ async def job_json(record: JobRecord, predictions: Stream) -> AsyncIterator[byte
     yield b"}"
 
 
+async def resolved(stored: Stream, outputs: OutputStore | None) -> Stream:
+    """A succeeded job's stored predictions as its reader gets them: as stored (streamed), or, where they name
+    files in the output store, with fresh presigned URLs or the files read back as data URLs."""
+    if outputs is None:
+        return stored
+    data = b"".join([chunk async for chunk in stored.chunks])  # small: the files are in the store
+    if holds_objects(data):
+        data = orjson.dumps(await resolve(orjson.loads(data), outputs))
+
+    async def one() -> AsyncIterator[bytes]:
+        yield data
+
+    return Stream(len(data), one())
+
+
 def render_result(results: list[Any], api: str) -> StoredResult:
     """What a job stores: the `predictions` list of v1's answer as JSON and, for the Videos API, the video file
-    itself (served as it is by /content)."""
-    predictions = orjson.dumps(v1.build_response(results)["predictions"])
-    content = results[0].files[0] if api == "openai" and results and results[0].video is not None else None
+    itself (served as it is by /content). Files uploaded to the output store are kept as their s3:// URIs only."""
+    predictions = orjson.dumps(v1.stored_predictions(results))
+    video = results[0] if api == "openai" and results and results[0].video is not None else None
+    content = video.files[0] if video is not None and not video.objects else None
     return StoredResult(predictions, content)
 
 
@@ -207,7 +226,13 @@ def router(jobs: JobManager, config: ServerConfig, downloads: Slots) -> APIRoute
     async def read(model_name: str, job_id: str, request: Request) -> Response:
         check_model(model_name)
         record = await jobs.get(job_id, caller(request))
-        opened = await open_download(downloads, lambda: jobs.read(job_id)) if record.status == "succeeded" else None
+        outputs = jobs.service.outputs
+
+        async def read_result() -> Stream | None:
+            stored = await jobs.read(job_id)
+            return None if stored is None else await resolved(stored, outputs)
+
+        opened = await open_download(downloads, read_result) if record.status == "succeeded" else None
         if opened is None:  # not succeeded (or forgotten between the two reads): the job alone
             return _json(record.view())
         stored, release = opened

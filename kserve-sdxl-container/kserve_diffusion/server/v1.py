@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 
-from .. import media
 from ..api.results import GenerationResult, cache_fields
 from ..errors import RequestError
 
@@ -40,9 +39,9 @@ def read_instances(payload: Any, max_instances: int) -> list[dict[str, Any]]:
 def _prediction(result: GenerationResult) -> dict[str, Any]:
     prediction: dict[str, Any] = {"task_type": result.task_type, "seed": result.seed}
     if result.video is None:
-        prediction["images"] = [media.data_url(data, result.content_type) for data in result.files]
+        prediction["images"] = result.shown_files()
     else:
-        prediction["video"] = media.data_url(result.files[0], result.content_type)
+        prediction["video"] = result.shown_files()[0]
         prediction.update(asdict(result.video))
     if result.cache is not None:
         prediction["cache"] = cache_fields(result.cache)
@@ -50,5 +49,20 @@ def _prediction(result: GenerationResult) -> dict[str, Any]:
 
 
 def build_response(results: list[GenerationResult]) -> dict[str, Any]:
-    """The v1 answer: one prediction per instance, images (or the video) as data URLs."""
+    """The v1 answer: one prediction per instance, images (or the video) as data URLs (or presigned URLs)."""
     return {"predictions": [_prediction(result) for result in results]}
+
+
+def stored_predictions(results: list[GenerationResult]) -> list[dict[str, Any]]:
+    """What a job keeps of its v1 answer: files uploaded to the output store as their s3:// URIs, with the
+    response_format that says how to show them when the job is read (outputs/delivery.py resolve)."""
+    predictions = []
+    for result in results:
+        prediction = _prediction(result)
+        if result.objects:
+            prediction["images" if result.video is None else "video"] = (
+                list(result.objects) if result.video is None else result.objects[0]
+            )
+            prediction["response_format"] = result.response_format
+        predictions.append(prediction)
+    return predictions

@@ -50,13 +50,13 @@ def build_response(request: InferRequest, result: GenerationResult, model_name: 
     and `seed`. Files are base64 text in JSON, and the raw file bytes when the output is sent binary."""
     name = "images" if result.video is None else "video"
     binary = _binary_outputs(request)
-    files = InferOutput(
-        name=name,
-        shape=[len(result.files)],
-        datatype="BYTES",
-        data=list(result.files) if binary[name] else [media.to_base64(data) for data in result.files],
-        parameters={"content_type": result.content_type},
-    )
+    parameters = {"content_type": result.content_type}
+    if result.urls:  # response_format url: presigned URLs of the files, as text (or raw bytes, when binary)
+        data: list[Any] = [url.encode() for url in result.urls] if binary[name] else list(result.urls)
+        parameters["response_format"] = "url"
+    else:
+        data = list(result.files) if binary[name] else [media.to_base64(file) for file in result.files]
+    files = InferOutput(name=name, shape=[len(data)], datatype="BYTES", data=data, parameters=parameters)
     seed = InferOutput(name="seed", shape=[1], datatype="INT64", data=[result.seed])
     parameters: dict[str, Any] = {"task_type": result.task_type}
     if result.video is not None:

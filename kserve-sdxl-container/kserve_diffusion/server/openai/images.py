@@ -114,18 +114,15 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
     @api.post(
         "/images/generations",
         response_model=ImagesResponse,
+        response_model_exclude_none=True,  # data[] holds b64_json or url, as OpenAI's answers do
         responses=ERRORS,
         summary="Create images from a prompt (OpenAI Images API)",
     )
     async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
         check_model(body.model, GENERATION_TASKS)
-        if body.response_format == "url":
-            raise OpenAIError(
-                400,
-                'response_format: "url" is not supported (the server stores no images to link to); use b64_json',
-                "response_format",
-            )
         fields = instance(body.prompt, body.size, body.n, body.output_format, body.output_compression)
+        if body.response_format is not None:
+            fields["response_format"] = body.response_format
         fields.update(our_fields(body.model_extra or {}, SET_BY_IMAGES))
         fields["task_type"] = "text2img"
         return await respond(fields, request, body.user or body.safety_identifier)
@@ -133,6 +130,7 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
     @api.post(
         "/images/edits",
         response_model=ImagesResponse,
+        response_model_exclude_none=True,  # data[] holds b64_json or url, as OpenAI's answers do
         responses=ERRORS,
         summary="Edit pictures by instruction (edit models: several files as image[]), change one (img2img) or "
         "repaint its masked area (inpaint), from a prompt",
@@ -158,13 +156,13 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
         user: Annotated[str | None, Form()] = None,
     ) -> ImagesResponse:
         check_model(model_name, EDIT_TASKS)
-        if response_format == "url":
-            raise OpenAIError(400, 'response_format: "url" is not supported; use b64_json', "response_format")
         form = await request.form()
         if is_true(form.get("stream")):
             raise OpenAIError(400, "stream: streaming is not supported", "stream")
         extra = {key: form_value(key, str(value)) for key, value in form.items() if key not in _EDIT_FORM_FIELDS}
         fields = instance(prompt, size, n, output_format, output_compression)
+        if response_format is not None:
+            fields["response_format"] = response_format
         fields.update(our_fields(extra, SET_BY_IMAGES))
         pictures = await uploaded_pictures([*form.getlist("image"), *form.getlist("image[]")])
         given = await upload_bytes(mask, "mask", max_image_bytes) if mask is not None else None
@@ -213,7 +211,8 @@ def router(model: ServedModel, max_image_bytes: int, max_pixels: int) -> APIRout
         [result] = await model.generate([fields], rid)
         return ImagesResponse(
             created=int(time.time()),
-            data=[ImageData(b64_json=media.to_base64(file)) for file in result.files],
+            data=[ImageData(url=url) for url in result.urls]
+            or [ImageData(b64_json=media.to_base64(file)) for file in result.files],
             output_format=result.output_format,  # type: ignore[arg-type]
             size=f"{result.width}x{result.height}",
             seed=result.seed,

@@ -38,7 +38,9 @@ class ImageGenerationRequest(BaseModel):
     n: int | None = Field(None, ge=1, description="how many images (1 to the server's --max_num_images)")
     size: str | None = Field(None, description='"WIDTHxHEIGHT", e.g. "1024x1024", or "auto" for the model\'s default')
     response_format: Literal["b64_json", "url"] | None = Field(
-        None, description="b64_json (the only one served: the server stores no images to link to)"
+        None,
+        description="b64_json (the files, base64) or url (presigned URLs; needs the server's --output_store); the "
+        "server's --default_response_format when absent",
     )
     output_format: Literal["png", "jpeg", "webp"] | None = Field(None, description="file format (png by default)")
     output_compression: int | None = Field(
@@ -54,9 +56,10 @@ class ImageGenerationRequest(BaseModel):
 
 
 class ImageData(BaseModel):
-    """One generated image."""
+    """One generated image: the file as base64, or a presigned URL of it (response_format url)."""
 
-    b64_json: str = Field(description="the image file, base64")
+    b64_json: str | None = Field(None, description="the image file, base64")
+    url: str | None = Field(None, description="a presigned URL of the image file (--output_url_ttl_seconds)")
 
 
 class ImagesResponse(BaseModel):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
 from ... import media
@@ -22,6 +22,7 @@ from ...api.request import GenerationRequest
 from ...errors import JobNotFound, RequestError, ServerBusy
 from ...jobs.manager import JobManager
 from ...jobs.records import JobRecord
+from ...outputs.delivery import holds_objects, object_keys
 from ...redact import request_id
 from ..auth import caller_identity
 from ..jobs import SlotResponse, Slots, open_download
@@ -249,22 +250,46 @@ def router(jobs: JobManager, ttl: float, max_image_bytes: int, owner_header: str
         summary="The video file (MP4 unless asked otherwise)",
         operation_id="video_content",
     )
-    async def content(request: Request, video_id: str, variant: Annotated[str, Query()] = "video") -> Response:
+    async def content(
+        request: Request,
+        video_id: str,
+        variant: Annotated[str, Query()] = "video",
+        redirect: Annotated[
+            bool,
+            Query(description="with --output_store: false streams the file through the server instead of a 302"),
+        ] = True,
+    ) -> Response:
         if variant != "video":
             raise OpenAIError(400, f"variant: only video is served, got {shown(variant)}", "variant")
         record = await find(video_id, request)
         if record.status != "succeeded":
             state = STATUSES[record.status]
             raise OpenAIError(409, f"the video is {state}, not completed: there is no content yet", "video_id")
+        kind = record.extra.get("content_type", "video/mp4")
+        outputs = service.outputs
+        key = await stored_video_key(video_id) if outputs is not None else None
+        if outputs is not None and key is not None and redirect:  # the client fetches it from the store itself
+            return RedirectResponse(outputs.presign(key), 302, headers={"Cache-Control": "no-store"})
         try:
-            opened = await open_download(downloads, lambda: jobs.read(video_id, "content"))
+            if outputs is not None and key is not None:  # ?redirect=false: through the server
+                opened: Any = await open_download(downloads, lambda: outputs.open(key))
+            else:
+                opened = await open_download(downloads, lambda: jobs.read(video_id, "content"))
         except ServerBusy as exc:
             raise OpenAIError(503, exc.message, "video_id", headers=exc.headers) from None
         if opened is None:
             raise OpenAIError(404, "the video's content has expired", "video_id", "video_not_found")
         stored, release = opened
-        kind = record.extra.get("content_type", "video/mp4")
         headers = {"Content-Disposition": "inline", "Content-Length": str(stored.size)}
         return SlotResponse(stored.chunks, release, media_type=kind, headers=headers)
+
+    async def stored_video_key(video_id: str) -> str | None:
+        """The output store key of a finished video job's file (None: the job kept the file itself)."""
+        assert service.outputs is not None
+        predictions = await jobs.store.result(video_id)
+        if predictions is None or not holds_objects(predictions):
+            return None
+        keys = object_keys(orjson.loads(predictions), service.outputs)
+        return keys[0] if keys else None
 
     return api

@@ -1,0 +1,1 @@
+"""Results in an S3-compatible object store (--output_store): uploads, presigned URLs, reads back."""
