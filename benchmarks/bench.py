@@ -1,6 +1,7 @@
 """`make bench`: measure, then write benchmarks/results/{cpu,gpu}.{json,md,png}.
 
-python -m benchmarks.bench            # CPU: serving overhead, throughput, health, encoding, cold start, jobs, LoRA
+python -m benchmarks.bench            # CPU: serving overhead, throughput, health, encoding, cold start, jobs, LoRA,
+                                      # the shared queue, answers as URLs
 python -m benchmarks.bench --gpu      # CUDA: full-size SDXL, FLUX.1-dev and Wan2.1-1.3B, random weights
 """
 
@@ -17,7 +18,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import encoding, gpu, jobs, loras, queue, report, serving  # noqa: E402
+from benchmarks import encoding, gpu, jobs, loras, outputs, queue, report, serving  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -28,6 +29,7 @@ def cpu_results(plan: serving.Plan) -> dict[str, Any]:
     job_figures = jobs.measure(plan)
     lora_rows = loras.measure(plan)
     queue_rows = queue.measure(plan)
+    output_rows = outputs.measure(plan)
     return {
         "machine": report.machine(),
         "sections": [
@@ -90,6 +92,15 @@ def cpu_results(plan: serving.Plan) -> dict[str, Any]:
                 "long job's replica killed mid-run: from the kill to its second try running elsewhere. Needs "
                 "redis-server; not in --quick.",
                 "rows": queue_rows,
+            },
+            {
+                "title": "k. Results as URLs: b64_json against url",
+                "note": "One server with --output_store on a moto_server process (S3 over real HTTP): the same "
+                "request answered inline (b64_json) and as presigned URLs (url), alternately, same seeds; the "
+                "ratio is the median of the pairs' ratios (goal <= 1.05), time from sending to the parsed answer. "
+                "The client's own fetch of the files from the store is shown apart. Needs moto_server (the test "
+                "extras); not in --quick.",
+                "rows": output_rows,
             },
         ],
     }

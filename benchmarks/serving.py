@@ -64,7 +64,7 @@ def _free_port() -> int:
 class Server:
     """The real server in its own process."""
 
-    def __init__(self, model: Path, *flags: str) -> None:
+    def __init__(self, model: Path, *flags: str, env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         command = [sys.executable, "-m", "kserve_diffusion", "--model_name", "sdxl", "--model_id", str(model)]
         command += ["--device", "cpu"]
@@ -72,8 +72,8 @@ class Server:
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - open for the server's lifetime, closed by stop()
         self.started = time.perf_counter()
         self.name = ""  # what a shared-queue benchmark calls it (its --pod_name)
-        env = {**os.environ, "OMP_NUM_THREADS": str(PIPELINE_THREADS)}
-        self.process = subprocess.Popen([*command, *flags], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        environ = {**os.environ, "OMP_NUM_THREADS": str(PIPELINE_THREADS), **(env or {})}
+        self.process = subprocess.Popen([*command, *flags], stdout=self.log, stderr=subprocess.STDOUT, env=environ)
         self.url = f"http://127.0.0.1:{self.port}"
         self.cold_start = self._wait_ready()
 

@@ -22,8 +22,9 @@ from kserve_diffusion.config.settings import MODEL_TYPES
 from kserve_diffusion.jobs.redis_scripts import GROUP
 from kserve_diffusion.jobs.redis_store import RedisJobStore
 
-from tests.conftest import ROOT, VENV_PATH, ServerProcess
+from tests.conftest import ROOT, VENV_PATH, ServerProcess, server_environment
 from tests.helpers import only_image, predict, small
+from tests.s3_servers import S3Process
 
 SHARED = ROOT.parent / "shared"
 MANIFESTS = ROOT / "manifests"
@@ -199,7 +200,7 @@ def test_kustomization_builds() -> None:
     )
     assert result.returncode == 0, result.stderr
     kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc]
-    assert sorted(kinds) == ["InferenceService", "Secret", "ServiceAccount", "ServingRuntime"]
+    assert sorted(kinds) == ["InferenceService", "Secret", "Secret", "ServiceAccount", "ServingRuntime"]
 
 
 def test_serving_runtime_fits_openshift_ai_and_long_loads() -> None:
@@ -307,6 +308,30 @@ def test_the_storage_uris_manifest_reads_base_and_adapters_from_their_mounts() -
     assert all(mount.startswith("/mnt/models/") for mount in mounts)  # one parent folder, as KServe asks
 
 
+def test_the_output_store_reads_the_results_data_connection() -> None:
+    docs = manifest_objects()
+    (secret,) = docs[MANIFESTS / "s3-results-connection.yaml"]
+    keys = set(secret["stringData"])
+    assert keys >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS_S3_BUCKET"}
+    services = inference_services()
+    stored = [path for path, service in services.items() if "envFrom" in service["spec"]["predictor"]["model"]]
+    assert {path.relative_to(MANIFESTS).as_posix() for path in stored} >= {
+        "inferenceservices/sdxl.yaml",
+        "inferenceservices/wan.yaml",
+        "serverless/sdxl.yaml",
+        "scale-out/wan-jobs.yaml",
+    }
+    for path in stored:
+        model = services[path]["spec"]["predictor"]["model"]
+        assert model["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}], path
+        # Kubernetes expands $(AWS_S3_BUCKET) in args from the container's environment, envFrom included.
+        args = [arg.replace("$(AWS_S3_BUCKET)", secret["stringData"]["AWS_S3_BUCKET"]) for arg in model["args"]]
+        environ = {"REDIS_PASSWORD": "x", "API_KEYS": "k"}
+        assert parse_config(args, environ=environ, cuda_available=lambda: True).output_store == (
+            "s3://results/kserve-diffusion"
+        ), path
+
+
 def test_the_scale_out_replicas_take_their_api_keys_from_a_secret() -> None:
     docs = manifest_objects()
     (secret,) = docs[MANIFESTS / "scale-out" / "api-keys.yaml"]
@@ -357,9 +382,14 @@ def test_every_flag_in_manifests_and_scripts_is_accepted() -> None:
 
 
 @pytest.fixture(scope="module")
-def notebook_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Everything the notebook calls: the tiny SDXL base with its refiner, and the tiny Wan beside them."""
+def notebook_server(
+    tiny_models: dict[str, Path], s3_server: S3Process, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """Everything the notebook calls: the tiny SDXL base with its refiner, the tiny Wan beside them, and an output
+    store (moto) for its URL answers."""
     args = [
+        "--output_store",
+        "s3://results/notebook",
         "--model_id",
         str(tiny_models["sdxl"]),
         "--refiner_id",
@@ -367,7 +397,8 @@ def notebook_server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempP
         "--video_model_id",
         str(tiny_models["wan"]),
     ]
-    server = ServerProcess(args, tmp_path_factory.mktemp("logs") / "notebook.log").wait_ready()
+    env = server_environment(s3_server.environment())
+    server = ServerProcess(args, tmp_path_factory.mktemp("logs") / "notebook.log", env).wait_ready()
     yield server
     server.stop()
 
@@ -396,7 +427,7 @@ def test_notebook_runs_as_written(notebook_server: ServerProcess) -> None:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     shown = json.loads(result.stdout)
-    assert shown["mime_counts"].get("image/png", 0) == 5  # text2img, refiner, img2img, inpaint, v2
+    assert shown["mime_counts"].get("image/png", 0) == 6  # text2img, refiner, img2img, inpaint, by URL, v2
     videos = [html for html in shown["html"] if "<video" in html and "data:video/mp4;base64," in html]
     assert len(videos) == 2  # a predict, and a job's
     assert any(html.startswith('<progress value="1.0"') and "succeeded" in html for html in shown["html"])

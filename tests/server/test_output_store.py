@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ import redis
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from tests.conftest import RedisProcess, ServerProcess, free_port, server_environment, start_server
+from tests.docs_examples import examples, run
 from tests.helpers import decode_data_url, grpc_infer, predict
 from tests.jobs_client import OWNER, job_url, submit, wait_for, wait_idle
 from tests.s3_servers import BUCKET, S3Process
@@ -266,8 +268,8 @@ def test_an_unreachable_or_missing_store_stops_the_start(tiny_models: dict[str, 
     assert bad.returncode == 2 and "expected s3://bucket/prefix" in bad.stderr
     without = _start([*model, "--default_response_format", "url"], env)
     assert without.returncode == 2 and "needs --output_store" in without.stderr
-    for run in (down, missing, bad, without):
-        assert secret not in run.stdout + run.stderr
+    for started in (down, missing, bad, without):
+        assert secret not in started.stdout + started.stderr
 
 
 def test_a_presigned_url_is_refused_after_its_ttl(
@@ -290,3 +292,14 @@ def test_a_presigned_url_is_refused_after_its_ttl(
     finally:
         server.stop()
         store.stop()
+
+
+@pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq")
+def test_the_url_examples_run_as_written(store_server: ServerProcess, tmp_path: Path) -> None:
+    """docs/api.md's URL example, against a server with an output store (the docs' localhost:8070)."""
+    blocks = examples("localhost:8070")
+    assert blocks and any('"response_format": "url"' in example.code for example in blocks)
+    answers = "\n".join(run(example, store_server, tmp_path, "localhost:8070") for example in blocks)
+    assert f"/{BUCKET}/runs/sdxl/{TODAY}/" in answers and "X-Amz-Signature" not in answers
+    assert (tmp_path / "fox-from-store.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "fox-from-bucket.png").read_bytes().startswith(b"\x89PNG")  # the README's

@@ -72,7 +72,6 @@ class OutputStore:
         model_name: str,
         ttl_seconds: int,
         environ: Mapping[str, str] | None = None,
-        client_factory: Callable[..., Any] | None = None,
     ) -> None:
         import boto3  # here, not at import time: a server without --output_store never loads it
         from botocore.config import Config
@@ -90,7 +89,14 @@ class OutputStore:
         # path, and a bucket host name (bucket.minio:9000) would not resolve in a cluster.
         addressing = {"addressing_style": "path"} if self.endpoint else {}
         common = {"signature_version": "s3v4", "s3": addressing, "max_pool_connections": UPLOAD_THREADS * 2}
-        make = client_factory or boto3.session.Session().client
+        # Keys in the environment given (os.environ in the server); else boto3's own chain (web identity, ...).
+        keys = {
+            "aws_access_key_id": environ.get("AWS_ACCESS_KEY_ID"),
+            "aws_secret_access_key": environ.get("AWS_SECRET_ACCESS_KEY"),
+            "aws_session_token": environ.get("AWS_SESSION_TOKEN"),
+        }
+        session = boto3.session.Session(**keys) if keys["aws_access_key_id"] else boto3.session.Session()
+        make = session.client
         options = {"region_name": region, "endpoint_url": self.endpoint}
         standard = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=60, **common)
         self.client = make("s3", config=standard, **options)
