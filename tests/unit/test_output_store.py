@@ -127,3 +127,14 @@ def test_a_job_stores_object_uris_and_shows_urls_or_files() -> None:
     assert all(url.startswith("https://minio.example.com:9000/results/runs/") for url in shown[0]["images"])
     assert "response_format" not in shown[0] and shown[2] == stored[2]
     assert shown[1]["video"].startswith("data:video/mp4;base64,")
+
+
+def test_while_down_one_inline_upload_tries_the_store_every_probe_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = store()
+    now = [100.0]
+    monkeypatch.setattr("kserve_diffusion.outputs.s3.time.monotonic", lambda: now[0])
+    assert outputs.worth_trying()
+    outputs.available, outputs._probed_at = False, now[0]  # what a failed call leaves
+    assert not outputs.worth_trying()
+    now[0] += 2.5
+    assert outputs.worth_trying() and not outputs.worth_trying()  # one try through, the next waits again

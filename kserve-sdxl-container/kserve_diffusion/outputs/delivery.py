@@ -46,8 +46,8 @@ async def deliver(
     """`result` with its files uploaded under `object_id` (`objects`) and, for response_format url, presigned
     URLs (`urls`). A b64_json answer whose upload fails keeps its files inline (logged); a url answer fails."""
     wanted = result.response_format == "url"
-    if not wanted and not store.available:
-        return result  # the store is known to be down: answer inline now rather than after a failed try
+    if not wanted and not store.worth_trying():
+        return result  # the store is known to be down: keep the files inline now rather than after a failed try
     try:
         keys = await store.upload(
             result.files, result.content_type, extension(result.output_format), object_id, first_index

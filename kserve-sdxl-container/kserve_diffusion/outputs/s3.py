@@ -198,6 +198,16 @@ class OutputStore:
         self._probed_at = time.monotonic()
         await self._call("answer", partial(self._probe_client.head_bucket, Bucket=self.bucket))
 
+    def worth_trying(self) -> bool:
+        """For an upload that may fall back to inline files (b64_json jobs): whether to try the store now. While it
+        is down, one try passes every PROBE_SECONDS (a success marks it up again); the others answer inline."""
+        if self.available:
+            return True
+        if time.monotonic() - self._probed_at < PROBE_SECONDS:
+            return False
+        self._probed_at = time.monotonic()
+        return True
+
     async def upload(
         self, files: list[bytes], content_type: str, extension: str, object_id: str, first_index: int = 0
     ) -> list[str]:
