@@ -5,8 +5,8 @@ S3 API over real HTTP, started here): four 1024x1024 PNGs in one request, and on
 paired with the same b64_json request (same seed, same files), alternately; the ratio is the median of the
 pairs' ratios (a pair sees the same drift of this shared VM; the video's pairs are twice as many, its
 generation being short and noisy here); the server's own upload time comes from its metrics. Time is end to
-end: sent to answer parsed (a client then fetches the files from the store itself; shown apart). Goal: url <= 1.05 x b64_json,
-and a url answer under 2 KB.
+end: sent to answer parsed (a client then fetches the files from the store itself; shown apart). Goal: url
+<= 1.05 x b64_json, and a url answer under 2 KB.
 """
 
 from __future__ import annotations
