@@ -261,8 +261,8 @@ class GenerationService:
             if answer == "url" and self.outputs is None:
                 raise RequestError(
                     "response_format",
-                    '"url" needs a server started with --output_store s3://bucket/prefix (an S3-compatible store '
-                    'for the files); this one answers "b64_json" only, got "url"',
+                    '"url" needs --output_store s3://bucket/prefix on the server (an S3-compatible store for the '
+                    'files); this one answers "b64_json" only, got "url"',
                 )
             return fill(request, response_format=answer)
         except RequestError:
