@@ -96,13 +96,12 @@ class OutputStore:
             "aws_session_token": environ.get("AWS_SESSION_TOKEN"),
         }
         session = boto3.session.Session(**keys) if keys["aws_access_key_id"] else boto3.session.Session()
-        make = session.client
         options = {"region_name": region, "endpoint_url": self.endpoint}
         standard = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=60, **common)
-        self.client = make("s3", config=standard, **options)
+        self.client = session.client("s3", config=standard, **options)
         # The check at start-up and the probes while down: one try, short timeouts (a request waits on it).
         quick = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=2, read_timeout=5, **common)
-        self._probe_client = make("s3", config=quick, **options)
+        self._probe_client = session.client("s3", config=quick, **options)
         self.pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="output-store")
         self.available = True
         self._probed_at = 0.0
