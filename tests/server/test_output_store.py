@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import openai
@@ -243,6 +244,23 @@ def test_url_needs_an_output_store(client: httpx.Client, base_server: ServerProc
     refused = predict(client, {**IMAGE, "response_format": "url"})
     assert refused.status_code == 400
     assert "response_format" in refused.text and "--output_store" in refused.text
+    inputs = [
+        {"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["a fox"]},
+        {"name": "response_format", "datatype": "BYTES", "shape": [1], "data": ["url"]},
+    ]
+    v2 = client.post("/v2/models/sdxl/infer", json={"inputs": inputs})
+    assert v2.status_code == 400 and "--output_store" in v2.text
+    item = InferInput("response_format", [1], "BYTES")
+    item.set_data_from_numpy(np.array([b"url"], dtype=object), False)
+    prompt = InferInput("prompt", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"a fox"], dtype=object), False)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        grpc_infer(base_server.grpc_target, InferRequest(model_name="sdxl", infer_inputs=[prompt, item]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "--output_store" in caught.value.details()
+    job = client.post("/v1/models/sdxl/jobs", json={"instances": [{**IMAGE, "response_format": "url"}]})
+    assert job.status_code == 400 and "--output_store" in job.text
+    bad = predict(client, {**IMAGE, "response_format": "link"})
+    assert bad.status_code == 400 and "response_format" in bad.text and "link" in bad.text
     with (
         openai.OpenAI(base_url=base_server.url + "/openai/v1", api_key="unused", max_retries=0) as sdk,
         pytest.raises(openai.BadRequestError, match="--output_store"),
