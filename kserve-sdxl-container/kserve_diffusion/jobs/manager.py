@@ -309,11 +309,19 @@ class JobManager:
         """Cancel `caller`'s job if it has not ended, then forget it and its result (OpenAI's delete)."""
         with contextlib.suppress(JobFinished):
             await self.cancel(job_id, caller)
+        keys = await self.stored_object_keys(job_id)
+        await self.store.delete(job_id)
+        if keys and self.service.outputs is not None:
+            await self.service.outputs.delete(keys)  # its URLs stop working too
+
+    async def stored_object_keys(self, job_id: str) -> list[str]:
+        """The output store keys a finished job's stored predictions name (none without an output store, or when
+        the job kept its files itself)."""
         outputs = self.service.outputs
         stored = await self.store.result(job_id) if outputs is not None else None
-        await self.store.delete(job_id)
-        if outputs is not None and stored is not None and holds_objects(stored):
-            await outputs.delete(object_keys(orjson.loads(stored), outputs))  # its URLs stop working too
+        if outputs is None or stored is None or not holds_objects(stored):
+            return []
+        return object_keys(orjson.loads(stored), outputs)
 
     def _check_id(self, job_id: str) -> None:
         if not is_job_id(job_id):  # not even the shape of an id: no store lookup

@@ -22,7 +22,6 @@ from ...api.request import GenerationRequest
 from ...errors import JobNotFound, RequestError, ServerBusy
 from ...jobs.manager import JobManager
 from ...jobs.records import JobRecord
-from ...outputs.delivery import holds_objects, object_keys
 from ...redact import request_id
 from ..auth import caller_identity
 from ..jobs import SlotResponse, Slots, open_download
@@ -267,7 +266,8 @@ def router(jobs: JobManager, ttl: float, max_image_bytes: int, owner_header: str
             raise OpenAIError(409, f"the video is {state}, not completed: there is no content yet", "video_id")
         kind = record.extra.get("content_type", "video/mp4")
         outputs = service.outputs
-        key = await stored_video_key(video_id) if outputs is not None else None
+        keys = await jobs.stored_object_keys(video_id)
+        key = keys[0] if keys else None
         if outputs is not None and key is not None and redirect:  # the client fetches it from the store itself
             return RedirectResponse(outputs.presign(key), 302, headers={"Cache-Control": "no-store"})
         try:
@@ -282,14 +282,5 @@ def router(jobs: JobManager, ttl: float, max_image_bytes: int, owner_header: str
         stored, release = opened
         headers = {"Content-Disposition": "inline", "Content-Length": str(stored.size)}
         return SlotResponse(stored.chunks, release, media_type=kind, headers=headers)
-
-    async def stored_video_key(video_id: str) -> str | None:
-        """The output store key of a finished video job's file (None: the job kept the file itself)."""
-        assert service.outputs is not None
-        predictions = await jobs.store.result(video_id)
-        if predictions is None or not holds_objects(predictions):
-            return None
-        keys = object_keys(orjson.loads(predictions), service.outputs)
-        return keys[0] if keys else None
 
     return api
