@@ -27,6 +27,7 @@ $(PY):
 $(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -c $(CONSTRAINTS) torch==2.13.0
 	$(PY) -m pip install -c $(CONSTRAINTS) -e ".[test]"
+	$(PY) -m pip install -c $(CONSTRAINTS) --no-deps invisible-watermark  # the watermark; see pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import encoding, gpu, jobs, loras, outputs, queue, report, serving  # noqa: E402
+from benchmarks import encoding, gpu, jobs, loras, marks, outputs, queue, report, serving  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -30,6 +30,7 @@ def cpu_results(plan: serving.Plan) -> dict[str, Any]:
     lora_rows = loras.measure(plan)
     queue_rows = queue.measure(plan)
     output_rows = outputs.measure(plan)
+    mark_rows = marks.measure(plan)
     return {
         "machine": report.machine(),
         "sections": [
@@ -101,6 +102,16 @@ def cpu_results(plan: serving.Plan) -> dict[str, Any]:
                 "The client's own fetch of the files from the store is shown apart. Needs moto_server (the test "
                 "extras); not in --quick.",
                 "rows": output_rows,
+            },
+            {
+                "title": "l. Marks: C2PA credentials and the invisible watermark",
+                "note": "The marks' cost on the server's own code (in-process, photo-like picture and panning frames): "
+                "encoding alone, the watermark (in the pixels, before encoding), signing the C2PA manifest into the "
+                "file, and all of it over encoding alone; the watermark's PSNR against the unmarked pixels. Then one "
+                "server with the marks on: a 1024x1024 JPEG request of 4 steps (tiny SDXL) marked and with "
+                "`provenance: off`, alternately, median of the pairs' ratios (goal on a GPU: <= 1.05). Sections a-k "
+                "run with --provenance off.",
+                "rows": mark_rows,
             },
         ],
     }

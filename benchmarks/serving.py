@@ -73,6 +73,8 @@ class Server:
         self.started = time.perf_counter()
         self.name = ""  # what a shared-queue benchmark calls it (its --pod_name)
         environ = {**os.environ, "OMP_NUM_THREADS": str(PIPELINE_THREADS), **(env or {})}
+        if "--provenance" not in flags:  # sections a-k measure serving without the marks; l measures the marks
+            flags = (*flags, "--provenance", "off")
         self.process = subprocess.Popen([*command, *flags], stdout=self.log, stderr=subprocess.STDOUT, env=environ)
         self.url = f"http://127.0.0.1:{self.port}"
         self.cold_start = self._wait_ready()

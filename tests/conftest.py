@@ -67,8 +67,14 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         launcher: list[str] | None = None,
         model_name: str = "sdxl",
+        marks: bool = False,
     ):
-        """`launcher` replaces `python -m kserve_diffusion --model_name NAME --device cpu` (e.g. a start script)."""
+        """`launcher` replaces `python -m kserve_diffusion --model_name NAME --device cpu` (e.g. a start script).
+        Without `marks` (or a --provenance of its own) the server marks with the watermark alone: each C2PA
+        signature has its own time and id, and these tests check that the same request gives the same bytes.
+        The servers with `marks` (the demo, the notebook's, tests/server/test_provenance.py's) keep the default."""
+        if not marks and "--provenance" not in args:
+            args = [*args, "--provenance", "watermark"]
         self.http_port, self.grpc_port = free_port(), free_port()
         self.log_path = log_path
         self.model_name = model_name
@@ -157,10 +163,10 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def start_server(
-    args: list[str], log_path: Path, env: dict[str, str] | None = None, model_name: str = "sdxl"
+    args: list[str], log_path: Path, env: dict[str, str] | None = None, model_name: str = "sdxl", marks: bool = False
 ) -> ServerProcess:
-    """Start a server and wait until it is ready."""
-    return ServerProcess(args, log_path, env, model_name=model_name).wait_ready()
+    """Start a server and wait until it is ready (`marks`: with the default marks, see ServerProcess)."""
+    return ServerProcess(args, log_path, env, model_name=model_name, marks=marks).wait_ready()
 
 
 @pytest.fixture(scope="session")
@@ -279,7 +285,7 @@ def wan_servers(
     logs = tmp_path_factory.mktemp("logs")
     demo = ["--model_id", str(tiny_models["sdxl"]), "--video_model_id", str(tiny_models["wan22_ti2v"])]
     alone = {"wan2.1-i2v": "wan_i2v", "wan2.2-t2v-a14b": "wan22_t2v", "wan2.2-i2v-a14b": "wan22_i2v"}
-    servers = {"demo": ServerProcess([*demo, "--lora_dir", str(lora_dir)], logs / "demo.log")}
+    servers = {"demo": ServerProcess([*demo, "--lora_dir", str(lora_dir)], logs / "demo.log", marks=True)}
     # The T2V-A14B server also runs --cache (a threshold that skips whatever First-Block-Cache may).
     options = {"wan2.2-t2v-a14b": ["--cache", "first_block", "--cache_threshold", "10"]}
     for variant, model in alone.items():

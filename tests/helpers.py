@@ -13,7 +13,7 @@ import imageio.v2 as imageio
 import numpy as np
 from kserve import InferenceGRPCClient
 from kserve.protocol.infer_type import InferRequest, InferResponse
-from PIL import Image
+from PIL import Image, ImageSequence
 
 
 def decode_data_url(url: str) -> tuple[str, bytes]:
@@ -78,3 +78,12 @@ def mp4_facts(data: bytes) -> tuple[np.ndarray, dict]:
             return np.stack([frame for frame in reader.iter_data()]), reader.get_meta_data()
         finally:
             reader.close()
+
+
+def pixels_of(data: bytes) -> bytes:
+    """The pixels of an image, animation (every frame) or MP4 (every decoded frame): what the same seed must
+    repeat when the files' bytes differ (each file signed with its own C2PA credentials)."""
+    if data[4:8] == b"ftyp":
+        return mp4_facts(data)[0].tobytes()
+    with Image.open(io.BytesIO(data)) as picture:
+        return b"".join(frame.convert("RGB").tobytes() for frame in ImageSequence.Iterator(picture))

@@ -16,6 +16,7 @@ $PYTHON -m venv "$scratch/server"
 "$scratch/server/bin/python" -m pip install -q --upgrade pip
 "$scratch/server/bin/python" -m pip install -q torch==2.13.0
 "$scratch/server/bin/python" -m pip install -q -e ".[test]"
+"$scratch/server/bin/python" -m pip install -q --no-deps invisible-watermark  # as make install does
 # torch's local label (+cpu, +cu128) depends on the machine; the release is what is pinned.
 { header constraints.txt; "$scratch/server/bin/python" -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/' | grep -v '^nvidia-\|^triton=='; } > constraints.txt
 

@@ -17,6 +17,7 @@ from . import startup_notes
 from .config import parse_config
 from .errors import ConfigError
 from .jobs.stores import open_store
+from .marks import open_marks
 from .outputs.s3 import open_output_store
 
 
@@ -29,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         startup_notes.install()  # before the imports whose warnings it rewrites
         store = open_store(config)  # an unreachable Redis stops the start here, before the model loads
         outputs = open_output_store(config.output_store, config.model_name, config.output_url_ttl_seconds)
+        marks = open_marks(
+            config.provenance, config.c2pa_cert, config.c2pa_key, config.c2pa_tsa_url, config.c2pa_include_parameters
+        )
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
@@ -40,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
         config = resolve_model_type(config)  # --model_type auto: the family the folder holds
-        service = GenerationService(config, serving_family(config), outputs)
+        service = GenerationService(config, serving_family(config), outputs, marks)
         service.load()
     except ConfigError as exc:
         logger.error("startup failed: %s", exc)

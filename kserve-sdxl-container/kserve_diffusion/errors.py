@@ -165,3 +165,11 @@ class OutputGone(ServingError, grpc_errors.NotFound):
 
     http_status = 410
     outcome = "invalid"
+
+
+class MarkingFailed(ServingError, grpc_errors.Internal):
+    """Signing an output's C2PA content credentials (or watermarking it) failed at runtime: 500 / INTERNAL, and
+    the file is not sent unmarked."""
+
+    http_status = 500
+    outcome = "error"

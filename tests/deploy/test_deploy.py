@@ -398,7 +398,7 @@ def notebook_server(
         str(tiny_models["wan"]),
     ]
     env = server_environment(s3_server.environment())
-    server = ServerProcess(args, tmp_path_factory.mktemp("logs") / "notebook.log", env).wait_ready()
+    server = ServerProcess(args, tmp_path_factory.mktemp("logs") / "notebook.log", env, marks=True).wait_ready()
     yield server
     server.stop()
 
@@ -433,6 +433,6 @@ def test_notebook_runs_as_written(notebook_server: ServerProcess) -> None:
     assert any(html.startswith('<progress value="1.0"') and "succeeded" in html for html in shown["html"])
     text = shown["text"]
     assert "job succeeded in" in text
-    assert "same seed, same bytes: True" in text and "another seed, another image: True" in text
+    assert "same seed, same pixels: True" in text and "another seed, another image: True" in text
     assert "400 {'error': 'height: must be a multiple of 8 (e.g. 1016 or 1024), got 1020'}" in text
     assert "num_inference_step: unknown field" in text

@@ -4,6 +4,7 @@ task over v1, v2 REST (binary), gRPC, jobs and the OpenAI SDK, LoRA, and the 400
 from __future__ import annotations
 
 import base64
+import hashlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from tests.docs_examples import examples, run
 from tests.helpers import as_data_url, decode_data_url, grpc_infer, only_image, open_image, predict
 from tests.image_host import gradient, mask, png
 from tests.jobs_client import OWNER, submit, wait_for
+from tests.provenance import assert_signed, credentials
 
 STEPS = {"num_inference_steps": 2, "seed": 11}
 PICTURE = png(gradient(100, 70))  # an edit's output follows it: 96x64 (multiples of 16)
@@ -45,12 +47,16 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _serve(
-    folders: dict[str, Path], name: str, tmp: pytest.TempPathFactory, *args: str, model_name: str = ""
+    folders: dict[str, Path],
+    name: str,
+    tmp: pytest.TempPathFactory,
+    *args: str,
+    model_name: str = "",
+    marks: bool = False,
 ) -> Iterator[ServerProcess]:
     log = tmp.mktemp("logs") / f"{name}.log"
-    server = start_server(
-        ["--model_id", str(folders[name]), *args], log, {"HF_HUB_OFFLINE": "1"}, model_name=model_name or name
-    )
+    args = ("--model_id", str(folders[name]), *args)
+    server = start_server(list(args), log, {"HF_HUB_OFFLINE": "1"}, model_name=model_name or name, marks=marks)
     yield server
     server.stop()
 
@@ -81,8 +87,8 @@ def z_image(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def kontext(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """FLUX.1 Kontext."""
-    yield from _serve(folders, "flux_kontext", tmp_path_factory)
+    """FLUX.1 Kontext, with the default marks (C2PA credentials and the watermark)."""
+    yield from _serve(folders, "flux_kontext", tmp_path_factory, marks=True)
 
 
 def v1(server: ServerProcess, **fields: object) -> httpx.Response:
@@ -261,6 +267,16 @@ def test_kontext_edits_one_picture_and_inpaints(kontext: ServerProcess) -> None:
     assert "serves edit, inpaint; images/generations needs text2img" in generations.json()["error"]["message"]
     text = v1(kontext, width=64, height=64)  # Kontext edits: a prompt alone is not a task it serves
     assert "image: task_type edit needs image or image_url or images" in error_of(text)
+
+
+def test_an_edit_is_signed_as_edited_media_from_its_picture(kontext: ServerProcess) -> None:
+    output = image_of(v1(kontext, prompt="make it night", images=[as_data_url(PICTURE)]))
+    assert_signed(output, "png", action="c2pa.edited", model="flux_kontext")
+    found = credentials(output, "png")
+    assert [(item["title"], item["relationship"], item["instance_id"]) for item in found.manifest["ingredients"]] == [
+        ("images[0]", "parentOf", "sha256:" + hashlib.sha256(PICTURE).hexdigest())
+    ]
+    assert found.generation["parameters"] == {"model": "flux_kontext", "family": "flux_kontext", "task": "edit"}
 
 
 # --- LoRA ---

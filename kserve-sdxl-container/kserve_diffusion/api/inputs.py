@@ -7,6 +7,7 @@ from typing import Any
 
 from PIL.Image import Image
 
+from ..marks.credentials import Ingredient
 from .messages import CompleteProblem, shown
 
 MAX_EDIT_IMAGES = 10  # the most pictures any family edits from (FLUX.2 [dev]); each family has its own limit
@@ -19,6 +20,7 @@ class InputImages:
     image: Image | None = None
     mask: Image | None = None
     pictures: tuple[Image, ...] = ()  # edit: every picture, as decoded (the pipeline sizes its references)
+    ingredients: tuple[Ingredient, ...] = ()  # the input files by hash, for the outputs' C2PA manifests
 
 
 NO_INPUTS = InputImages()  # what text-only tasks get

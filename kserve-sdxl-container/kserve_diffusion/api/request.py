@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..config import ServerConfig, defaults
 from ..errors import RequestError, RequestErrors
+from ..marks import marks_text, parse_marks
 from .inputs import MAX_EDIT_IMAGES, read_images
 from .loras import LoraChoice, read_loras
 from .messages import describe_error, shown
@@ -99,6 +100,8 @@ class Limits:
     max_video_pixels: int
     request_timeout: float
     max_loras_per_request: int
+    provenance: str  # the server's marks: a request may ask for these or (allowed) fewer
+    allow_unmarked_requests: bool
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> Limits:
@@ -213,6 +216,11 @@ class GenerationRequest(BaseModel):
         description="how the answer carries the files: b64_json (base64 / data URLs) or url (presigned URLs of "
         "the files in the server's --output_store); the server's --default_response_format when absent",
     )
+    provenance: str | None = Field(
+        None,
+        description="the marks of this output: c2pa, watermark, c2pa,watermark or off; the server's --provenance "
+        "when absent, and fewer than those only where the server allows it (--allow_unmarked_requests)",
+    )
     timeout: float | None = Field(
         None, gt=0, description="seconds this request may take in all, queue included (default --request_timeout)"
     )
@@ -254,6 +262,22 @@ class GenerationRequest(BaseModel):
         if value is not None and value > limit:
             raise ValueError(f"must be between 1 and {limit}")
         return value
+
+    @field_validator("provenance")
+    @classmethod
+    def _within_server_marks(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        limits = _limits(info)
+        asked, applied = parse_marks(value), parse_marks(limits.provenance)
+        if asked - applied:
+            raise ValueError(f"this server applies only {marks_text(applied)} (its --provenance), got {value[:100]!r}")
+        if asked != applied and not limits.allow_unmarked_requests:
+            raise ValueError(
+                f"this server marks every output with {marks_text(applied)}; fewer marks need "
+                f"--allow_unmarked_requests on the server, got {value[:100]!r}"
+            )
+        return marks_text(asked)
 
     @field_validator("timeout")
     @classmethod

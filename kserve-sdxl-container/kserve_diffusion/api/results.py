@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from PIL.Image import Image
 
 from .. import media
+from ..marks import NO_MARKING, Marking
 from .request import GenerationRequest
 
 
@@ -74,8 +75,10 @@ def encode_result(
     seed: int,
     output: list[Image] | media.Video,
     png_compress_level: int = media.DEFAULT_PNG_COMPRESS_LEVEL,
+    marking: Marking = NO_MARKING,
 ) -> GenerationResult:
-    """Encode a runner's output as the request asks (CPU work: call it off the event loop)."""
+    """Encode a runner's output as the request asks, with `marking`'s watermark in the pixels and its signed
+    credentials in each file (CPU work: call it off the event loop)."""
     assert request.task_type is not None and request.output_format is not None
     encoding = media.Encoding(
         request.output_format,
@@ -86,8 +89,12 @@ def encode_result(
     if isinstance(output, media.Video):
         height, width = output.frames.shape[1:3]
         info = VideoInfo(len(output.frames), output.fps, width, height, round(output.duration_seconds, 3))
-        files = [media.encode_video(output, encoding)]
+        video = media.Video(marking.frames(output.frames), output.fps)
+        files = [marking.file(media.encode_video(video, encoding), file_format)]
         return GenerationResult(task, seed, files, file_format, width, height, info, response_format=answer)
     width, height = output[0].size
-    files = [media.encode_image(image, encoding) for image in output]
+    pictures = marking.pictures(output)
+    files = [
+        marking.file(media.encode_image(image, encoding), file_format, index) for index, image in enumerate(pictures)
+    ]
     return GenerationResult(task, seed, files, file_format, width, height, response_format=answer)

@@ -348,6 +348,26 @@ class ServerConfig:
         "(presigned URLs; needs --output_store)",
         choices=("b64_json", "url"),
     )
+    provenance: str = setting(
+        "c2pa,watermark",
+        "marks on every output saying it was made by a trained model: c2pa (signed C2PA content credentials in "
+        "each PNG/JPEG/WebP/MP4/GIF) and watermark (an invisible watermark in the pixels), a comma list, or off",
+    )
+    allow_unmarked_requests: bool = setting(
+        False, "let a request's `provenance` field ask for fewer marks than --provenance (else that is a 400)"
+    )
+    c2pa_cert: str | None = setting(
+        None,
+        "PEM file of the C2PA signing certificate chain, leaf first (ES256/384/512, PS256 or Ed25519 key)",
+        default_text="a certificate made at start-up: credentials validate but read as untrusted",
+    )
+    c2pa_key: str | None = setting(None, "PEM file of the private key of --c2pa_cert's leaf (unencrypted)")
+    c2pa_tsa_url: str | None = setting(
+        None, "RFC 3161 time-stamp authority the C2PA signatures are time-stamped by (each signing calls it)"
+    )
+    c2pa_include_parameters: bool = setting(
+        False, "also write each output's seed into its C2PA manifest (the model, family and task always are)"
+    )
     lora_dir: str | None = setting(
         None,
         "folder of LoRA adapters a request may name in `loras`: each a .safetensors file (diffusers/PEFT or "

@@ -19,9 +19,11 @@ from ..api.request import LIST_TASKS, TASK_INPUTS, VIDEO_TASKS, GenerationReques
 from ..api.rules import check_video_volume, given_input, output_size, video_output_size
 from ..config import ServerConfig
 from ..errors import RequestError
+from ..marks.credentials import Ingredient, ingredient
 from ..media.fetch import FetchError, FetchPolicy, fetch
 
 _MODES = {"image": "RGB", "mask": "L"}
+_RELATIONSHIPS = {"image": "parentOf", "mask": "inputTo"}  # what each input is to the output, in C2PA terms
 PICTURE_TASKS = LIST_TASKS
 _OTHER_SCHEME = re.compile(
     r"([a-zA-Z][a-zA-Z0-9+.-]*)://"
@@ -75,16 +77,12 @@ class InputLoader:
         except media.MediaError as exc:
             raise RequestError(field_name, f"the image {exc}") from None
 
-    def _picture(self, field_name: str, value: str | bytes, mode: str, downloaded: bool) -> Image:
-        data = value if downloaded else self._file_bytes(field_name, value)
-        return self._decode(field_name, data, mode)
-
-    def _pictures(self, pictures: list[tuple[str, str | bytes, bool]]) -> tuple[Image, ...]:
+    def _pictures(self, pictures: list[tuple[str, str | bytes, bool]]) -> tuple[tuple[Image, ...], list[Ingredient]]:
         """An edit's pictures, decoded one by one: together at most twice --max_image_pixels (what an inpainting
         request's picture and mask may hold), each checked from its header before its pixels are decoded."""
         budget = 2 * self.policy.max_pixels
-        decoded = []
-        for field_name, value, downloaded in pictures:
+        decoded, ingredients = [], []
+        for index, (field_name, value, downloaded) in enumerate(pictures):
             data = value if downloaded else self._file_bytes(field_name, value)
             pixels = media.header_pixels(data)  # None when unreadable: decoding says why
             if pixels is not None and pixels > budget:
@@ -96,7 +94,8 @@ class InputLoader:
             picture = self._decode(field_name, data, "RGB")
             budget -= picture.width * picture.height
             decoded.append(picture)
-        return tuple(decoded)
+            ingredients.append(ingredient(field_name, data, "parentOf" if index == 0 else "componentOf"))
+        return tuple(decoded), ingredients
 
     def _prepare(
         self,
@@ -104,21 +103,24 @@ class InputLoader:
         sources: dict[str, tuple[str, str | bytes]],
         pictures: list[tuple[str, str | bytes, bool]] | None = None,
     ) -> tuple[GenerationRequest, InputImages]:
-        decoded = {}
+        decoded, ingredients = {}, []
         for name, (field_name, value) in sources.items():
             downloaded = isinstance(value, bytes) and field_name.endswith("_url")
-            decoded[name] = self._picture(field_name, value, _MODES[name], downloaded)
+            data = value if downloaded else self._file_bytes(field_name, value)
+            decoded[name] = self._decode(field_name, data, _MODES[name])
+            ingredients.append(ingredient(field_name, data, _RELATIONSHIPS[name]))
         task = request.task_type or ""
         if pictures is not None:  # edit from several pictures: the output follows the first
-            edited = self._pictures(pictures)
+            edited, ingredients = self._pictures(pictures)
             width, height = output_size(edited[0].size, request, self.limits, self.size_multiples[task])
-            return fill(request, width=width, height=height), InputImages(image=edited[0], pictures=edited)
+            inputs = InputImages(image=edited[0], pictures=edited, ingredients=tuple(ingredients))
+            return fill(request, width=width, height=height), inputs
         image = decoded["image"]
         sizing = video_output_size if task in VIDEO_TASKS else output_size
         width, height = sizing(image.size, request, self.limits, self.size_multiples[task])
         if task in PICTURE_TASKS:  # the pipeline sizes the picture it edits from; only the output size is ours
             request = fill(request, width=width, height=height)
-            return request, InputImages(image=image, pictures=(image,))
+            return request, InputImages(image=image, pictures=(image,), ingredients=tuple(ingredients))
         sized = {
             name: picture
             if picture.size == (width, height)
@@ -130,7 +132,7 @@ class InputLoader:
             check_video_volume(request, self.limits)
         else:
             request = fill(request, width=width, height=height)
-        return request, InputImages(**sized)
+        return request, InputImages(**sized, ingredients=tuple(ingredients))
 
     def prepare_now(self, request: GenerationRequest, image: bytes) -> tuple[GenerationRequest, InputImages]:
         """`load` for an image already in memory, on the calling thread (the warm-up's picture)."""

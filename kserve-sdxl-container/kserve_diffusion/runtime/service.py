@@ -23,7 +23,8 @@ from ..api.inputs import NO_INPUTS, InputImages
 from ..api.request import TASK_INPUTS, TASK_TYPES, VIDEO_TASKS, GenerationRequest, Limits, fill, parse_request
 from ..api.results import CacheReport, GenerationResult, encode_result
 from ..config import ServerConfig
-from ..errors import GenerationFailed, OutOfMemory, RequestError, ServingError, ShuttingDown
+from ..errors import GenerationFailed, MarkingFailed, OutOfMemory, RequestError, ServingError, ShuttingDown
+from ..marks import Marking, Marks, parse_marks
 from ..outputs.delivery import deliver, request_object_id
 from ..outputs.s3 import OutputStore
 from ..pipelines import Family, Runner
@@ -66,9 +67,12 @@ class GenerationService:
     """One served model: loads its family once, then validates and generates requests on one accelerator
     thread, never blocking the event loop."""
 
-    def __init__(self, config: ServerConfig, family: Family, outputs: OutputStore | None = None):
+    def __init__(
+        self, config: ServerConfig, family: Family, outputs: OutputStore | None = None, marks: Marks | None = None
+    ):
         self.name = config.model_name
         self.outputs = outputs  # --output_store: where url answers' (and jobs') files go
+        self.marks = marks or Marks(frozenset(), None, False)  # --provenance: what every output carries
         self.config = config
         self.family = family
         self.limits = Limits.from_config(config)
@@ -284,7 +288,8 @@ class GenerationService:
         task = request.task_type
         seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_RANGE)
         self._active.add(control)
-        job = partial(self._run, request, seed, prepared.inputs)
+        marking = self._marking(request, seed, prepared.inputs)
+        job = partial(self._run, request, seed, prepared.inputs, marking)
         try:
             timed = await self.worker.run(job, control, stop, reservation)
         except ServingError as exc:
@@ -310,11 +315,16 @@ class GenerationService:
             ) from None
         finally:
             self._active.discard(control)
-        if self.encoder is None:
-            result = timed.value  # encoded on the accelerator thread
-        else:
-            encode = partial(encode_result, request, seed, timed.value, self.config.png_compress_level)
-            result = await asyncio.get_running_loop().run_in_executor(self.encoder, encode)
+        try:
+            if self.encoder is None:
+                result = timed.value  # encoded (and marked) on the accelerator thread
+            else:
+                encode = partial(encode_result, request, seed, timed.value, self.config.png_compress_level, marking)
+                result = await asyncio.get_running_loop().run_in_executor(self.encoder, encode)
+        except MarkingFailed as exc:
+            metrics.count(task, exc.outcome)
+            logger.error("request=%s task=%s %s", request_id, task, exc)
+            raise
         if control.cache is not None:
             result = replace(result, cache=CacheReport(*control.cache))
             note += f" cache_skipped={result.cache.skipped_fraction:.0%}"
@@ -339,7 +349,16 @@ class GenerationService:
             result = await deliver(result, self.outputs, *upload_as)
         return result
 
-    def _run(self, request: GenerationRequest, seed: int, inputs: InputImages, control: RequestControl) -> Any:
+    def _marking(self, request: GenerationRequest, seed: int, inputs: InputImages) -> Marking:
+        """The marks of one request's files (its `provenance`, else the server's) and what they claim."""
+        assert request.task_type is not None
+        marks = parse_marks(request.provenance or self.config.provenance) & self.marks.marks
+        family = "wan" if request.task_type in VIDEO_TASKS and self.config.video_model_id else self.family.name
+        return self.marks.marking(marks, self.name, family, request.task_type, seed, inputs.ingredients)
+
+    def _run(
+        self, request: GenerationRequest, seed: int, inputs: InputImages, marking: Marking, control: RequestControl
+    ) -> Any:
         """The accelerator-thread job: generate, measuring the peak accelerator memory (and encode, with
         --encode_threads 0)."""
         assert self.runner is not None
@@ -353,7 +372,7 @@ class GenerationService:
         output = self.runner.generate(request, seed, inputs, control)
         metrics.PEAK_MEMORY.set(torch.cuda.max_memory_allocated() if on_cuda else 0)
         if self.encoder is None:
-            return encode_result(request, seed, output, self.config.png_compress_level)
+            return encode_result(request, seed, output, self.config.png_compress_level, marking)
         return output
 
     @staticmethod
