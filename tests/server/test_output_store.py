@@ -27,8 +27,10 @@ from tests.conftest import RedisProcess, ServerProcess, free_port, server_enviro
 from tests.docs_examples import examples, run
 from tests.helpers import decode_data_url, grpc_infer, predict
 from tests.jobs_client import OWNER, job_url, submit, wait_for, wait_idle
+from tests.provenance import pixels, watermark_bits
 from tests.s3_servers import BUCKET, S3Process
 
+MESSAGE = b"AI-GEN"  # the watermark's documented message
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # the SDK marks the Sora routes deprecated
 
 IMAGE = {"prompt": "a fox in a bucket", "height": 64, "width": 64, "num_inference_steps": 2, "seed": 11}
@@ -77,6 +79,14 @@ def fetch(url: str) -> httpx.Response:
 def data_of(data_url: str) -> bytes:
     """The file inside a data URL."""
     return decode_data_url(data_url)[1]
+
+
+def test_the_store_gets_the_marked_files(http: httpx.Client) -> None:
+    # This server marks with the watermark alone (tests/conftest.py); marks come before the upload.
+    fields = {**IMAGE, "height": 256, "width": 256, "output_format": "jpeg", "response_format": "url"}
+    response = predict(http, fields)
+    assert response.status_code == 200, response.text
+    assert watermark_bits(pixels(fetch(response.json()["predictions"][0]["images"][0]).content)) == MESSAGE
 
 
 def test_v1_urls_hold_the_files_a_base64_answer_holds(http: httpx.Client) -> None:
