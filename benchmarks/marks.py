@@ -136,7 +136,10 @@ def end_to_end(plan: Plan) -> dict[str, Any]:
     }
 
 
-def measure(plan: Plan) -> list[dict[str, Any]]:
-    """The per-file rows, then the end-to-end row."""
+def measure(plan: Plan) -> dict[str, list[dict[str, Any]]]:
+    """The per-file rows ("files") and the end-to-end row ("request")."""
     full = plan.sizes[-1] >= 1024  # --quick: small pictures and a short video
-    return [*files(max(1, plan.repeats), 1024 if full else 256, 81 if full else 9), end_to_end(plan)]
+    return {
+        "files": files(max(1, plan.repeats), 1024 if full else 256, 81 if full else 9),
+        "request": [end_to_end(plan)],
+    }
