@@ -237,7 +237,8 @@ def test_bad_marks_settings_stop_the_start_naming_the_flag(
     tmp_path: Path, tiny_models: dict[str, Path], args: list[str], expected: str
 ) -> None:
     chain, key = write_chain(tmp_path)
-    _, other_key = write_chain(tmp_path / "other" if (tmp_path / "other").mkdir() is None else tmp_path)
+    (tmp_path / "other").mkdir()
+    _, other_key = write_chain(tmp_path / "other")
     names = {"CHAIN": str(chain), "KEY": str(key), "OTHER_KEY": str(other_key)}
     command = [sys.executable, "-m", "kserve_diffusion", "--model_id", str(tiny_models["sdxl"]), "--device", "cpu"]
     command += [names.get(arg, arg) for arg in args]

@@ -23,6 +23,7 @@ logger = logging.getLogger("kserve.diffusion")
 MARKS = ("c2pa", "watermark")
 NO_MARKS_WORD = "off"
 GENERATOR = {"name": "kserve-diffusion", "version": __version__}
+_CHECK = {"generator": GENERATOR, "model": "start-up check", "family": "-", "task": "text2img"}  # the probe's claim
 
 
 def parse_marks(text: str) -> frozenset[str]:
@@ -114,6 +115,9 @@ class Marks:
         return Marking("watermark" in marks, signer, claim if signer else None, ingredients)
 
 
+NO_MARKS = Marks(frozenset(), None, False)  # a service built without open_marks (unit tests): files unmarked
+
+
 def open_marks(
     provenance: str,
     cert: str | None,
@@ -153,6 +157,3 @@ def open_marks(
             "until --c2pa_cert and --c2pa_key name a real one (docs/deploy.md)"
         )
     return Marks(marks, CredentialSigner(identity, tsa_url), include_parameters)
-
-
-_CHECK = {"generator": GENERATOR, "model": "start-up check", "family": "-", "task": "text2img"}

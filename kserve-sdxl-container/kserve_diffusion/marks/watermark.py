@@ -80,11 +80,3 @@ def watermarked(rgb: np.ndarray, strength: int = IMAGE_STRENGTH) -> np.ndarray:
     change = np.zeros_like(luma)
     change[:rows, :cols] = pywt.idwt2((approximation, details), "haar") - luma[:rows, :cols]
     return np.clip(np.rint(pixels + change[..., None]), 0, 255).astype(np.uint8)
-
-
-def read_watermark(rgb: np.ndarray, strength: int = IMAGE_STRENGTH) -> bytes:
-    """The 48 bits the public decoder reads from `rgb` (MESSAGE when the picture carries the watermark)."""
-    from imwatermark import WatermarkDecoder
-
-    decoder = WatermarkDecoder("bytes", len(BITS))
-    return bytes(decoder.decode(np.ascontiguousarray(rgb[:, :, ::-1]), METHOD, scales=scales(strength)))

@@ -24,7 +24,7 @@ from ..api.request import TASK_INPUTS, TASK_TYPES, VIDEO_TASKS, GenerationReques
 from ..api.results import CacheReport, GenerationResult, encode_result
 from ..config import ServerConfig
 from ..errors import GenerationFailed, MarkingFailed, OutOfMemory, RequestError, ServingError, ShuttingDown
-from ..marks import Marking, Marks, parse_marks
+from ..marks import NO_MARKS, Marking, Marks, parse_marks
 from ..outputs.delivery import deliver, request_object_id
 from ..outputs.s3 import OutputStore
 from ..pipelines import Family, Runner
@@ -72,7 +72,7 @@ class GenerationService:
     ):
         self.name = config.model_name
         self.outputs = outputs  # --output_store: where url answers' (and jobs') files go
-        self.marks = marks or Marks(frozenset(), None, False)  # --provenance: what every output carries
+        self.marks = marks or NO_MARKS  # --provenance: what every output carries
         self.config = config
         self.family = family
         self.limits = Limits.from_config(config)
@@ -352,7 +352,8 @@ class GenerationService:
     def _marking(self, request: GenerationRequest, seed: int, inputs: InputImages) -> Marking:
         """The marks of one request's files (its `provenance`, else the server's) and what they claim."""
         assert request.task_type is not None
-        marks = parse_marks(request.provenance or self.config.provenance) & self.marks.marks
+        asked = parse_marks(request.provenance) if request.provenance else self.marks.marks
+        marks = asked & self.marks.marks  # the request's field was checked to be within the server's
         family = "wan" if request.task_type in VIDEO_TASKS and self.config.video_model_id else self.family.name
         return self.marks.marking(marks, self.name, family, request.task_type, seed, inputs.ingredients)
 
