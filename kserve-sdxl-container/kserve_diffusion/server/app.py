@@ -21,7 +21,7 @@ from ..config import ServerConfig
 from ..jobs.manager import JobManager
 from ..jobs.store import JobStore
 from ..runtime.service import GenerationService
-from . import grpc_errors, handlers, jobs, loras, slow_clients
+from . import capabilities, grpc_errors, handlers, jobs, loras, slow_clients
 from .auth import ApiKeyGuard, ApiKeys
 from .model import DiffusionModel
 from .openai import images as openai_images
@@ -87,6 +87,8 @@ def serve(service: GenerationService, store: JobStore) -> None:
     owner_header = config.job_owner_header
     app.include_router(jobs.router(manager, config, downloads))
     app.include_router(loras.router(service))
+    app.include_router(capabilities.router(service))
+    capabilities.mount_playground(app)
     app.include_router(openai_images.router(service, config.max_image_bytes, config.max_image_pixels))
     ttl = config.job_ttl_seconds
     app.include_router(openai_videos.router(manager, ttl, config.max_image_bytes, owner_header, downloads))
