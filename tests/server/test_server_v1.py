@@ -33,6 +33,13 @@ def test_text2img_returns_png_of_requested_size(client: httpx.Client) -> None:
     assert (mime, image.format, image.size, image.mode) == ("image/png", "PNG", (64, 128), "RGB")
 
 
+def test_wide_low_images_generate(client: httpx.Client) -> None:
+    # diffusers' own SDXL watermark (added when invisible-watermark is installed) failed these with a 500.
+    for width, height in ((256, 64), (320, 128)):
+        image = open_image(images_of(predict(client, small(width=width, height=height)))[0])
+        assert image.size == (width, height)
+
+
 def test_two_images_in_one_call_differ(client: httpx.Client) -> None:
     first, second = images_of(predict(client, small(num_images=2, seed=3)))
     assert first != second
