@@ -290,9 +290,8 @@ def assemble(
     for pipeline in pipelines:
         if pipeline is not None:
             pipeline.set_progress_bar_config(disable=True)
-            # diffusers adds its own invisible watermark whenever invisible-watermark is installed (it is: marks/
-            # uses it). The marks layer watermarks as --provenance says; diffusers' would mark twice, ignore
-            # --provenance off, and fail any image 256 or more wide but less than 256 high.
+            # Not diffusers' own watermark (on when invisible-watermark is installed): marks/ does it as --provenance
+            # says; diffusers' marked twice, ignored --provenance off and failed images 256+ wide, under 256 high.
             pipeline.watermark = None
             devices.apply_vae_options(pipeline, config)
             # Offload modes hook modules; each pipeline re-installs its hooks after every call.
