@@ -290,8 +290,7 @@ def assemble(
     for pipeline in pipelines:
         if pipeline is not None:
             pipeline.set_progress_bar_config(disable=True)
-            # Not diffusers' own watermark (on when invisible-watermark is installed): marks/ does it as --provenance
-            # says; diffusers' marked twice, ignored --provenance off and failed images 256+ wide, under 256 high.
+            # marks/ watermarks as --provenance says; diffusers' own (on with invisible-watermark) failed low images
             pipeline.watermark = None
             devices.apply_vae_options(pipeline, config)
             # Offload modes hook modules; each pipeline re-installs its hooks after every call.
