@@ -17,7 +17,7 @@ GRPC_PORT ?= 8081
 CONSTRAINTS := constraints.txt
 NOTEBOOK_CONSTRAINTS := constraints-notebook.txt
 
-.PHONY: install notebook-env find-redis find-s3rver demo test test-fast docs lock fuzz bench bench-gpu gpu-check lint clean
+.PHONY: install notebook-env find-redis find-s3rver find-chromium demo test test-fast docs lock fuzz bench bench-gpu gpu-check lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -79,9 +79,21 @@ S3RVER := .tools/s3rver/node_modules/.bin/s3rver
 find-s3rver:
 	@test -x $(S3RVER) || { 	  if command -v npm >/dev/null 2>&1; then 	    echo "installing s3rver (npm) for the presigned URL expiry test"; 	    npm install -s --no-audit --no-fund --prefix .tools/s3rver s3rver@3.7.1 >/dev/null 2>&1 || 	      echo "note: npm could not install s3rver; the presigned URL expiry test will be skipped"; 	  else 	    echo "note: no npm; the presigned URL expiry test will be skipped (apt-get install npm)"; 	  fi; }
 
+# The playground's browser tests drive Debian's Chromium through Playwright (no browser download).
+find-chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (apt-get) for the playground's browser tests"; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	      echo "note: apt-get could not install chromium; the playground's browser tests will be skipped"; \
+	  else \
+	    echo "note: no chromium on PATH; the playground's browser tests will be skipped (sudo apt-get install chromium, or set CHROMIUM=/path/to/chrome)"; \
+	  fi; }
+
 # -rs: say which checks were skipped and why (no GPU, no ../shared for the manifest validation, ...)
 # Every tier: unit, model, server, deploy (docs/development.md).
-test: install notebook-env find-redis find-s3rver
+test: install notebook-env find-redis find-s3rver find-chromium
 	$(PY) -m pytest -q -rs
 
 # The unit tier: no server process, no generation (seconds).

@@ -51,8 +51,8 @@ def servers(
     tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServerProcess]]:
     """ "keyed": SDXL + Wan2.1 with --api_keys from a file, a small queue, few event streams and downloads.
-    "proxied": SDXL + Wan2.1 behind an auth proxy's header, small job bounds, and --cache / --attention_backend,
-    which apply to Wan beside SDXL. Started together: their start-ups overlap."""
+    "proxied": SDXL + Wan2.1 behind an auth proxy's header, small job bounds, --cache / --attention_backend,
+    which apply to Wan beside SDXL, and no playground page. Started together: their start-ups overlap."""
     logs = tmp_path_factory.mktemp("logs")
     key_file = logs / "keys.txt"
     key_file.write_text(f"# one key a line\n{KEYS[0]}\n\n{KEYS[1]}\n")
@@ -61,7 +61,7 @@ def servers(
     keyed += ["--max_event_streams", str(STREAMS), "--max_concurrent_downloads", "2"]
     proxied = [*models, "--job_owner_header", USER_HEADER, "--max_jobs", "12"]
     proxied += ["--max_jobs_per_owner", str(JOBS_PER_OWNER), "--max_queue_size", "16"]
-    proxied += ["--cache", "first_block", "--attention_backend", "native"]
+    proxied += ["--cache", "first_block", "--attention_backend", "native", "--playground", "false"]
     started = {
         "keyed": ServerProcess(keyed, logs / "keyed.log"),
         "proxied": ServerProcess(proxied, logs / "proxied.log"),
@@ -118,13 +118,16 @@ def test_api_keys_guard_every_route_but_probes_and_metrics(
         ("GET", "/v2/models/sdxl", None),
         ("GET", "/openai/v1/models", None),
         ("GET", "/v1/models/sdxl/loras", None),
+        ("GET", "/v1/models/sdxl/capabilities", None),
     ]
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEYS[0]}, {"Authorization": "Basic x"}):
         for method, path, body in guarded:
             answer = httpx.request(method, url + path, json=body, headers=headers, timeout=30)
             assert answer.status_code == 401, (method, path, answer.text)
             assert "API key" in answer.text and answer.headers["www-authenticate"].startswith("Bearer")
-    for path in ("/", "/v2/health/live", "/v2/health/ready", "/v2/models/sdxl/ready", "/v1/models/sdxl", "/metrics"):
+    open_paths = ("/", "/v2/health/live", "/v2/health/ready", "/v2/models/sdxl/ready", "/v1/models/sdxl", "/metrics")
+    # The playground's files hold no data: the page asks for the key and sends it with each call it makes.
+    for path in (*open_paths, "/playground/", "/playground/api.js"):
         assert httpx.get(url + path, timeout=30).status_code == 200, path
     assert keyed.post("/v1/models/sdxl:predict", json={"instances": [QUICK]}).status_code == 200
     assert httpx.post(url + "/v1/models/sdxl:predict", json={"instances": [QUICK]}, headers=BETA).status_code == 200
@@ -135,6 +138,13 @@ def test_api_keys_guard_every_route_but_probes_and_metrics(
     assert allowed.images.generate(prompt="a fox", size="64x64", extra_body={"num_inference_steps": 2}).data
     log = servers["keyed"].log()
     assert KEYS[0] not in log and KEYS[1] not in log and "wrong" not in log
+
+
+def test_playground_can_be_turned_off(servers: dict[str, ServerProcess]) -> None:
+    url = servers["proxied"].url
+    assert httpx.get(url + "/playground/", timeout=10).status_code == 404
+    assert httpx.get(url + "/", headers={"Accept": "text/html"}, timeout=10).json() == {"status": "alive"}
+    assert httpx.get(url + "/v1/models/sdxl/capabilities", timeout=30).status_code == 200  # the API stays
 
 
 def test_api_keys_guard_grpc(servers: dict[str, ServerProcess]) -> None:

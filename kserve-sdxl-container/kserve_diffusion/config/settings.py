@@ -296,6 +296,11 @@ class ServerConfig:
         default_text="none: no key is asked for (put authentication in front)",
         secret=True,
     )
+    playground: bool = setting(
+        True,
+        "serve the playground page at /playground/ (a browser opening / is sent there): a form that makes images "
+        "and videos through this server's own API, with no state of its own",
+    )
     max_event_streams: int = setting(
         256,
         "job event streams (Server-Sent Events) open at once per replica, counted when admitted; more are a 503",

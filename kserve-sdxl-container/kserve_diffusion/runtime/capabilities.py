@@ -1,62 +1,114 @@
 """What the served model can do, for clients that build a form from it (the playground page): tasks, each
-task's defaults and output formats, schedulers, limits, LoRA adapters and the marks outputs carry."""
+task's defaults, ranges and output formats, schedulers, limits, LoRA adapters and the marks outputs carry.
+
+Nothing here is declared a second time: defaults come from the family's own check of a probe request, ranges
+from the request schema's bounds and the server's limits, schedulers from the families' registries."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..api.request import TASK_INPUTS, TASK_OUTPUT_FORMATS, VIDEO_FIELDS, VIDEO_TASKS, parse_request
+import annotated_types
+
+from ..api.inputs import MAX_EDIT_IMAGES
+from ..api.request import (
+    LIST_TASKS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MIN_SIDE,
+    TASK_INPUTS,
+    TASK_OUTPUT_FORMATS,
+    VIDEO_TASKS,
+    GenerationRequest,
+    Limits,
+    parse_request,
+)
 from ..errors import RequestError
 from ..pipelines.schedulers import FAMILY_SCHEDULERS
 from .service import GenerationService
 
 # A placeholder picture for the probes: a family's check reads that a picture is given, not its pixels.
-_PICTURE = "data:image/png;base64,iVBORw0KGgo="
-_DEFAULTED = (
-    "num_inference_steps",
-    "guidance_scale",
-    "true_cfg_scale",
-    "scheduler",
-    "height",
-    "width",
-    "strength",
-    "num_images",
-    "output_format",
-    "video_height",
-    "video_width",
-    "num_frames",
-    "fps",
-    "video_guidance_scale",
-)
+PROBE_PICTURE = "data:image/png;base64,iVBORw0KGgo="
+# The fields a form offers, in the order it shows them; a task lists those it reads.
+IMAGE_FORM_FIELDS = ("num_inference_steps", "guidance_scale", "scheduler", "width", "height", "strength", "num_images")
+VIDEO_FORM_FIELDS = ("num_inference_steps", "video_guidance_scale", "scheduler", "video_width", "video_height")
+VIDEO_ONLY = ("num_frames", "fps")
+COMMON_FORM_FIELDS = ("output_format", "quality", "seed")
+STRENGTH_TASKS = ("img2img", "inpaint")  # the tasks that read `strength` (edit ignores it)
+CHOICE_FIELDS = ("scheduler", "output_format")  # chosen from a list, not a range
+SIDES = ("width", "height", "video_width", "video_height")
 
 
-_BOTH = ("num_inference_steps", "scheduler", "output_format")  # read by image and video tasks alike
-_STRENGTH_TASKS = ("img2img", "inpaint")
+def _bounds(name: str) -> dict[str, float]:
+    """A field's bounds as the request schema declares them."""
+    found: dict[str, float] = {}
+    for rule in GenerationRequest.model_fields[name].metadata:
+        if isinstance(rule, annotated_types.Ge | annotated_types.Gt):
+            found["min"] = rule.ge if isinstance(rule, annotated_types.Ge) else rule.gt
+            found["min_exclusive"] = isinstance(rule, annotated_types.Gt)
+        elif isinstance(rule, annotated_types.Le | annotated_types.Lt):
+            found["max"] = rule.le if isinstance(rule, annotated_types.Le) else rule.lt
+    return {key: value for key, value in found.items() if value is not False}
+
+
+def field_range(name: str, limits: Limits, size_multiple: int) -> dict[str, Any]:
+    """The values `name` accepts on this server: the schema's bounds, tightened by the operator's limits."""
+    if name in SIDES:
+        return {"min": max(MIN_SIDE, size_multiple), "max": limits.max_side, "step": size_multiple}
+    found: dict[str, Any] = _bounds(name)
+    operator_limits = {
+        "num_inference_steps": limits.max_steps,
+        "num_images": limits.max_num_images,
+        "num_frames": limits.max_frames,
+        "seed": MAX_SEED,
+    }
+    if name in operator_limits:
+        found["max"] = operator_limits[name]
+    annotation = GenerationRequest.model_fields[name].annotation
+    if annotation in (int, int | None):
+        found["step"] = 1
+    return found
+
+
+def _read_fields(task: str) -> tuple[str, ...]:
+    if task in VIDEO_TASKS:
+        return VIDEO_FORM_FIELDS + VIDEO_ONLY + COMMON_FORM_FIELDS
+    shown = IMAGE_FORM_FIELDS if task in STRENGTH_TASKS else tuple(f for f in IMAGE_FORM_FIELDS if f != "strength")
+    return shown + COMMON_FORM_FIELDS
 
 
 def _task(service: GenerationService, task: str) -> dict[str, Any]:
     assert service.runner is not None
-    fields: dict[str, Any] = {"prompt": "probe", "task_type": task}
+    runner, limits = service.runner, service.limits
+    probe: dict[str, Any] = {"prompt": "probe", "task_type": task}
     for name in TASK_INPUTS[task]:
-        fields[name] = _PICTURE
-    try:
-        request = service.runner.check(parse_request(fields, service.limits), service.limits)
-    except RequestError as exc:  # a task this probe cannot fill in: listed without defaults
-        return {"inputs": list(TASK_INPUTS[task]), "output_formats": list(TASK_OUTPUT_FORMATS[task]), "note": str(exc)}
-    family = "wan" if task in VIDEO_TASKS and service.config.video_model_id else service.family.name
-    schedulers = FAMILY_SCHEDULERS.get(family, FAMILY_SCHEDULERS.get("sdxl"))[0]
-    video = task in VIDEO_TASKS
-    read = [name for name in _DEFAULTED if (name in VIDEO_FIELDS) == video or name in _BOTH]
-    if task not in _STRENGTH_TASKS:
-        read.remove("strength") if "strength" in read else None
-    defaults = {name: getattr(request, name) for name in read if getattr(request, name, None) is not None}
-    return {
-        "family": family,
+        probe[name] = PROBE_PICTURE
+    described: dict[str, Any] = {
         "video": task in VIDEO_TASKS,
         "inputs": list(TASK_INPUTS[task]),
         "output_formats": list(TASK_OUTPUT_FORMATS[task]),
+        "max_input_images": MAX_EDIT_IMAGES if task in LIST_TASKS else 1,
+    }
+    try:
+        request = runner.check(parse_request(probe, limits), limits)
+    except RequestError as exc:  # a task this probe cannot fill in: listed without defaults
+        return {**described, "note": str(exc)}
+    family = "wan" if task in VIDEO_TASKS and service.config.video_model_id else service.family.name
+    schedulers, _ = FAMILY_SCHEDULERS.get(family, FAMILY_SCHEDULERS["sdxl"])
+    fields = _read_fields(task)
+    multiple = runner.size_multiples[task]
+    return {
+        "family": family,
+        **described,
         "schedulers": list(schedulers),
-        "defaults": defaults,
+        "fields": list(fields),
+        # A task with an input picture takes its size from the picture unless sides are given: no default sides.
+        "defaults": {
+            name: getattr(request, name)
+            for name in fields
+            if getattr(request, name, None) is not None and not (TASK_INPUTS[task] and name in SIDES)
+        },
+        "ranges": {name: field_range(name, limits, multiple) for name in fields if name not in CHOICE_FIELDS},
     }
 
 
@@ -74,7 +126,9 @@ def describe(service: GenerationService) -> dict[str, Any]:
             "max_pixels": limits.max_pixels,
             "max_num_images": limits.max_num_images,
             "max_frames": limits.max_frames,
+            "max_video_pixels": limits.max_video_pixels,
             "max_loras_per_request": limits.max_loras_per_request,
+            "max_prompt_chars": MAX_PROMPT_CHARS,
         },
         "loras": service.loras(),
         "provenance": service.config.provenance,

@@ -21,7 +21,7 @@ from ..config import ServerConfig
 from ..jobs.manager import JobManager
 from ..jobs.store import JobStore
 from ..runtime.service import GenerationService
-from . import capabilities, grpc_errors, handlers, jobs, loras, slow_clients
+from . import capabilities, grpc_errors, handlers, jobs, loras, page, slow_clients
 from .auth import ApiKeyGuard, ApiKeys
 from .model import DiffusionModel
 from .openai import images as openai_images
@@ -88,13 +88,14 @@ def serve(service: GenerationService, store: JobStore) -> None:
     app.include_router(jobs.router(manager, config, downloads))
     app.include_router(loras.router(service))
     app.include_router(capabilities.router(service))
-    capabilities.mount_playground(app)
     app.include_router(openai_images.router(service, config.max_image_bytes, config.max_image_pixels))
     ttl = config.job_ttl_seconds
     app.include_router(openai_videos.router(manager, ttl, config.max_image_bytes, owner_header, downloads))
     app.add_middleware(V2RequestGuard, files=FILE_FIELDS)
     app.add_middleware(jobs.RespondAsync)
     app.add_middleware(RequestIdHeader)
+    if config.playground:
+        page.install(app)
     assert config.max_body_bytes is not None  # resolved by parse_config
     # Outermost: bounds and buffers the body before anything else reads it.
     app.add_middleware(RequestBodyGuard, max_bytes=config.max_body_bytes, timeout=config.body_timeout)

@@ -18,9 +18,10 @@ import orjson
 from kserve.logging import logger
 
 Scope = dict[str, Any]
-# Liveness, readiness and metrics answer without a key: probes and Prometheus carry none.
+# Liveness, readiness and metrics answer without a key: probes and Prometheus carry none. So do the playground's
+# static files: they hold no data, and the page sends the key the user types with each call it makes.
 OPEN_PATHS = re.compile(
-    r"^/(|metrics|v2/health/(live|ready)|v2/models/[^/]+(/versions/[^/]+)?/ready|v1/models/[^/:]+)$"
+    r"^/(|metrics|v2/health/(live|ready)|v2/models/[^/]+(/versions/[^/]+)?/ready|v1/models/[^/:]+|playground(/.*)?)$"
 )
 OPEN_GRPC_METHODS = ("/ServerLive", "/ServerReady", "/ModelReady")
 UNAUTHENTICATED = "missing or unknown API key: send Authorization: Bearer <key> (the server runs with --api_keys)"

@@ -1,100 +1,103 @@
-// The playground: a form built from the model's capabilities, generation through the job API (its
-// Server-Sent Events drive the progress bar), results in a gallery. Every URL is relative to the page,
-// so it works behind a path prefix.
-const base = new URL("..", document.baseURI);  // the server's root, wherever it is mounted
+// The playground: the form (form.js) sends a job (api.js) whose events drive the progress bar; results go to
+// the gallery (gallery.js). Nothing is kept on the server: a reload forgets the gallery.
+import * as api from "./api.js";
+import * as form from "./form.js";
+import * as gallery from "./gallery.js";
+
 const $ = (id) => document.getElementById(id);
-let capabilities = null;
-let current = null;  // the running job's id
+let model = null;
+let running = null;  // { id, abort } of the job being followed
+let lastSeed = null;
 
 async function load() {
-  const models = await (await fetch(new URL("v1/models", base))).json();
-  const name = models.models[0];
-  capabilities = await (await fetch(new URL(`v1/models/${name}/capabilities`, base))).json();
-  $("model").textContent = `${capabilities.name}: ${capabilities.title}`;
-  for (const task of Object.keys(capabilities.tasks)) {
-    $("task").append(new Option(task, task));
+  const listed = await api.call("v1/models");
+  model = await api.call(`v1/models/${encodeURIComponent(listed.models[0])}/capabilities`);
+  $("model").textContent = `Model ${model.name}: ${model.title}`;
+  form.build(model);
+  $("form").addEventListener("submit", generate);
+  $("cancel").addEventListener("click", cancel);
+  $("seed-random").addEventListener("click", () => { $("seed").value = ""; });
+  $("seed-reuse").addEventListener("click", () => { if (lastSeed !== null) $("seed").value = lastSeed; });
+}
+
+function describeState(state) {
+  if (state.status === "queued") {
+    const position = state.queue_position;
+    return position ? `Queued: position ${position}` : "Queued";
   }
-  $("task").addEventListener("change", fillDefaults);
-  fillDefaults();
+  const progress = state.progress || {};
+  if (state.status === "running") {
+    const eta = state.eta_seconds != null ? `, about ${Math.max(0, Math.round(state.eta_seconds))} s left` : "";
+    return `Step ${progress.step ?? 0} of ${progress.total_steps ?? "?"}${eta}`;
+  }
+  return state.status[0].toUpperCase() + state.status.slice(1);
 }
 
-function fillDefaults() {
-  const defaults = capabilities.tasks[$("task").value].defaults || {};
-  $("steps").value = defaults.num_inference_steps ?? "";
-  $("steps").max = capabilities.limits.max_steps;
-  $("width").value = defaults.width ?? defaults.video_width ?? "";
-  $("height").value = defaults.height ?? defaults.video_height ?? "";
-}
-
-function instance() {
-  const task = $("task").value;
-  const video = capabilities.tasks[task].video;
-  const fields = { task_type: task, prompt: $("prompt").value };
-  const number = (id) => ($(id).value === "" ? undefined : Number($(id).value));
-  fields.num_inference_steps = number("steps");
-  fields[video ? "video_width" : "width"] = number("width");
-  fields[video ? "video_height" : "height"] = number("height");
-  fields.seed = number("seed");
-  return Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined));
+function busy(yes) {
+  $("generate").disabled = yes;
+  $("cancel").disabled = !yes;
 }
 
 async function generate(event) {
   event.preventDefault();
-  $("error").textContent = "";
-  const jobs = new URL(`v1/models/${capabilities.name}/jobs`, base);
-  const fields = instance();
-  const submitted = await fetch(jobs, { method: "POST", body: JSON.stringify({ instances: [fields] }) });
-  const job = await submitted.json();
-  if (!submitted.ok) {
-    $("error").textContent = job.error || JSON.stringify(job);
+  form.clearErrors();
+  if (!$("prompt").value.trim()) { form.showError("prompt: write what to generate"); return; }
+  let fields;
+  try {
+    fields = form.read();
+  } catch (error) {
+    form.showError(String(error.message || error));
     return;
   }
-  current = job.id;
-  $("generate").disabled = true;
-  $("cancel").disabled = false;
-  const events = new EventSource(new URL(`${jobs.pathname}/${job.id}/events`, base));
-  const finish = async (state) => {
-    events.close();
-    $("generate").disabled = false;
-    $("cancel").disabled = true;
-    current = null;
-    $("status").textContent = state.status;
+  busy(true);
+  $("progress").value = 0;
+  $("status").textContent = "Submitting";
+  try {
+    const job = await api.submit(model.name, fields);
+    running = { id: job.id, abort: new AbortController() };
+    const state = await api.follow(model.name, job.id, (change) => {
+      $("progress").value = change.progress ? change.progress.fraction : 0;
+      $("status").textContent = describeState(change);
+    }, running.abort.signal);
+    $("status").textContent = describeState(state);
     if (state.status === "succeeded") {
-      show(await (await fetch(new URL(`${jobs.pathname}/${job.id}`, base))).json(), fields);
+      const done = await api.read(model.name, job.id);
+      const seeds = (done.predictions || []).map((p) => p.seed);
+      if (seeds.length) { lastSeed = seeds[0]; $("seed-reuse").disabled = false; }
+      gallery.add(model.name, done, fields, useAsInput);
     } else if (state.error) {
-      $("error").textContent = state.error.message;
+      form.showError(state.error.message || String(state.error));
     }
-  };
-  const update = (message) => {
-    const state = JSON.parse(message.data);
-    const progress = state.progress || {};
-    $("progress").value = progress.fraction || 0;
-    $("status").textContent = `${state.status} ${progress.step ?? 0}/${progress.total_steps ?? "?"}`;
-    if (["succeeded", "failed", "cancelled"].includes(state.status)) finish(state);
-  };
-  for (const name of ["queued", "running", "progress", "succeeded", "failed", "cancelled"]) {
-    events.addEventListener(name, update);
+  } catch (error) {
+    $("status").textContent = "";
+    if (error.name !== "AbortError") form.showError(error.message || String(error));
+  } finally {
+    running = null;
+    busy(false);
   }
 }
 
-function show(job, fields) {
-  for (const prediction of job.predictions) {
-    const files = prediction.video ? [prediction.video] : prediction.images;
-    for (const file of files) {
-      const figure = document.createElement("figure");
-      const media = document.createElement(prediction.video ? "video" : "img");
-      media.src = file;
-      if (prediction.video) media.controls = true; else media.alt = fields.prompt;
-      const caption = document.createElement("figcaption");
-      caption.textContent = `${fields.task_type}, seed ${prediction.seed}`;
-      figure.append(media, caption);
-      $("gallery").prepend(figure);
-    }
+async function cancel() {
+  if (!running) return;
+  $("cancel").disabled = true;
+  try {
+    await api.cancel(model.name, running.id);
+  } catch (error) {
+    form.showError(error.message);
   }
 }
 
-$("form").addEventListener("submit", generate);
-$("cancel").addEventListener("click", () => {
-  if (current) fetch(new URL(`v1/models/${capabilities.name}/jobs/${current}`, base), { method: "DELETE" });
-});
-load().catch((error) => { $("model").textContent = `could not read the model: ${error}`; });
+// A result becomes the input picture of the first picture task (img2img, edit, inpaint, img2video).
+function useAsInput(url) {
+  const current = form.task();
+  if (!current.inputs.includes("image")) {
+    const pictureTask = ["img2img", "edit", "inpaint", "img2video"].find((name) => model.tasks[name]);
+    if (!pictureTask) return;
+    $("task_type").value = pictureTask;
+    form.show();
+  }
+  form.usePictures([url]);
+  $("task_type").focus();
+}
+
+load().catch((error) => { $("model").textContent = `Could not read the model's capabilities: ${error.message}`; });
