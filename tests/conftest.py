@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import httpx
@@ -398,3 +399,26 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Process]:
     server = S3Process("moto", tmp_path_factory.mktemp("moto"), free_port())
     yield server
     server.stop()
+
+
+def chromium() -> str | None:
+    """Debian's Chromium (or the one $CHROMIUM names) for the playground's browser tests."""
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium a test module, driven by Playwright through its executable_path (no browser download).
+    Module-scoped: Playwright's sync API holds an event loop while it runs, which later asyncio.run calls must
+    not find."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: make install")
+    executable = chromium()
+    if executable is None:
+        pytest.skip(
+            "Chromium is not installed: apt-get install chromium (make test does it as root), or set CHROMIUM; "
+            "the playground's browser tests are skipped"
+        )
+    with sync_api.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield launched
+        launched.close()

@@ -363,3 +363,36 @@ def test_the_families_examples_run_as_written(edit_plus: ServerProcess, tmp_path
     assert blocks, "docs/models.md has an edit example"
     answers = "\n".join(run(example, edit_plus, tmp_path, "localhost:8092") for example in blocks)
     assert '"task_type": "edit"' in answers
+
+
+def test_the_playground_edits_two_uploaded_pictures(edit_plus: ServerProcess, browser, tmp_path: Path) -> None:
+    """The playground page against an edit model: the task is offered with the fields the family reads (its
+    guidance is true_cfg_scale), two uploaded files go as `images`."""
+    edit = httpx.get(f"{edit_plus.url}/v1/models/qwen-edit/capabilities", timeout=30).json()["tasks"]["edit"]
+    assert "true_cfg_scale" in edit["fields"] and "guidance_scale" not in edit["fields"]
+    assert edit["max_input_images"] > 1 and "width" not in edit["defaults"]
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    first.write_bytes(PICTURE)
+    second.write_bytes(OTHER)
+    context = browser.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.goto(f"{edit_plus.url}/playground/")
+    page.wait_for_selector("#task_type option", state="attached")
+    assert page.get_by_label("Task").input_value() == "edit"  # the model's first task
+    page.get_by_label("Prompt", exact=True).fill("put the second picture's colours on the first")
+    page.locator("#image").set_input_files([first, second])
+    page.wait_for_function("document.querySelector('#picture').naturalWidth === 100")
+    assert "2 pictures" in page.locator("#picture-count").inner_text()
+    assert page.locator("#guidance_scale").is_hidden() and page.locator("#true_cfg_scale").is_visible()
+    page.locator("#num_inference_steps").fill("2")
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/jobs")) as sent:
+        page.get_by_role("button", name="Generate").click()
+    body = sent.value.post_data_json["instances"][0]
+    assert body["task_type"] == "edit" and len(body["images"]) == 2 and "image" not in body
+    page.wait_for_selector("#gallery figure img", timeout=120_000)
+    shown = page.locator("#gallery figure img").get_attribute("src")
+    assert open_image(decode_data_url(shown)[1]).size == (96, 64)  # follows the first picture
+    context.close()
+    assert not errors, errors

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,33 +20,9 @@ from tests.conftest import ServerProcess, free_port
 from tests.helpers import decode_data_url, pixels_of
 from tests.image_host import gradient, png
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: make install")
-
 PREFIX = "/team-a/images"
 # A 400 the page was made to get is logged by the browser as a failed resource load: expected there, nowhere else.
 FAILED_LOAD = "Failed to load resource: the server responded with a status of 400"
-
-
-def chromium() -> str | None:
-    """Debian's Chromium (or the one $CHROMIUM names)."""
-    named = os.environ.get("CHROMIUM")
-    return named or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for this module (Playwright's sync API holds an event loop while it runs, which
-    later tests calling asyncio.run must not find)."""
-    executable = chromium()
-    if executable is None:
-        pytest.skip(
-            "Chromium is not installed: apt-get install chromium (make test does it as root); "
-            "the playground's browser tests are skipped"
-        )
-    with playwright_api.sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 class Console:

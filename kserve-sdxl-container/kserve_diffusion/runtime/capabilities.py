@@ -24,13 +24,23 @@ from ..api.request import (
     parse_request,
 )
 from ..errors import RequestError
+from ..pipelines.base import Runner
 from ..pipelines.schedulers import FAMILY_SCHEDULERS
 from .service import GenerationService
 
 # A placeholder picture for the probes: a family's check reads that a picture is given, not its pixels.
 PROBE_PICTURE = "data:image/png;base64,iVBORw0KGgo="
 # The fields a form offers, in the order it shows them; a task lists those it reads.
-IMAGE_FORM_FIELDS = ("num_inference_steps", "guidance_scale", "scheduler", "width", "height", "strength", "num_images")
+IMAGE_FORM_FIELDS = (
+    "num_inference_steps",
+    "guidance_scale",
+    "true_cfg_scale",
+    "scheduler",
+    "width",
+    "height",
+    "strength",
+    "num_images",
+)
 VIDEO_FORM_FIELDS = ("num_inference_steps", "video_guidance_scale", "scheduler", "video_width", "video_height")
 VIDEO_ONLY = ("num_frames", "fps")
 COMMON_FORM_FIELDS = ("output_format", "quality", "seed")
@@ -70,11 +80,31 @@ def field_range(name: str, limits: Limits, size_multiple: int) -> dict[str, Any]
     return found
 
 
-def _read_fields(task: str) -> tuple[str, ...]:
+def _candidate_fields(task: str) -> tuple[str, ...]:
     if task in VIDEO_TASKS:
         return VIDEO_FORM_FIELDS + VIDEO_ONLY + COMMON_FORM_FIELDS
     shown = IMAGE_FORM_FIELDS if task in STRENGTH_TASKS else tuple(f for f in IMAGE_FORM_FIELDS if f != "strength")
     return shown + COMMON_FORM_FIELDS
+
+
+def _reads(runner: Runner, probe: dict[str, Any], name: str, value: Any, limits: Limits) -> bool:
+    """Whether the family reads `name`: its own check refuses a field it would ignore, naming that field."""
+    if value is None or name in COMMON_FORM_FIELDS:
+        return True
+    try:
+        runner.check(parse_request({**probe, name: value}, limits), limits)
+    except RequestError as exc:
+        return not str(exc).startswith(f"{name}:")
+    return True
+
+
+def _probe_value(request: GenerationRequest, name: str, limits: Limits, multiple: int) -> Any:
+    """A value of `name` the family would take if it reads the field: its default, else the range's low end."""
+    value = getattr(request, name, None)
+    if value is not None or name in CHOICE_FIELDS:
+        return value
+    low = field_range(name, limits, multiple).get("min")
+    return None if low is None else float(low) if GenerationRequest.model_fields[name].annotation is not int else low
 
 
 def _task(service: GenerationService, task: str) -> dict[str, Any]:
@@ -95,8 +125,12 @@ def _task(service: GenerationService, task: str) -> dict[str, Any]:
         return {**described, "note": str(exc)}
     family = "wan" if task in VIDEO_TASKS and service.config.video_model_id else service.family.name
     schedulers, _ = FAMILY_SCHEDULERS.get(family, FAMILY_SCHEDULERS["sdxl"])
-    fields = _read_fields(task)
     multiple = runner.size_multiples[task]
+    fields = [
+        name
+        for name in _candidate_fields(task)
+        if _reads(runner, probe, name, _probe_value(request, name, limits, multiple), limits)
+    ]
     return {
         "family": family,
         **described,
