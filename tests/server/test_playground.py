@@ -19,6 +19,7 @@ from PIL import Image
 from tests.conftest import ServerProcess, free_port
 from tests.helpers import decode_data_url, pixels_of
 from tests.image_host import gradient, png
+from tests.jobs_client import SLOW, job_url, submit
 
 PREFIX = "/team-a/images"
 # A 400 the page was made to get is logged by the browser as a failed resource load: expected there, nowhere else.
@@ -122,11 +123,24 @@ def test_progress_moves_and_cancel_stops_a_40_step_job(page: Any) -> None:
     first = page.locator("#progress").evaluate("bar => bar.value")
     assert "of 40" in page.locator("#status").inner_text()
     page.wait_for_function(f"document.querySelector('#progress').value > {first}", timeout=60_000)
+    page.wait_for_function("document.querySelector('#status').textContent.includes('s left')", timeout=60_000)
     page.get_by_role("button", name="Cancel").click()
     page.wait_for_function("document.querySelector('#status').textContent === 'Cancelled'", timeout=30_000)
     assert page.locator("#progress").evaluate("bar => bar.value") < 1
     assert page.locator("#gallery figure").count() == 0
     assert page.get_by_role("button", name="Generate").is_enabled()
+
+
+def test_a_queued_job_shows_its_position(page: Any, demo_server: ServerProcess) -> None:
+    with httpx.Client(base_url=demo_server.url, timeout=30) as http:
+        ahead = submit(http, SLOW)  # the accelerator is busy with someone else's job
+        try:
+            fill(page, width=64, height=64, num_inference_steps=2)
+            page.get_by_role("button", name="Generate").click()
+            page.wait_for_function("document.querySelector('#status').textContent === 'Queued: next'")
+        finally:
+            http.delete(job_url(ahead))
+    page.wait_for_selector("#gallery figure", timeout=60_000)
 
 
 def test_img2img_with_an_uploaded_picture(page: Any, tmp_path: Path) -> None:

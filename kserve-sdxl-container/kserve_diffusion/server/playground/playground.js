@@ -22,8 +22,9 @@ async function load() {
 
 function describeState(state) {
   if (state.status === "queued") {
-    const position = state.queue_position;
-    return position ? `Queued: position ${position}` : "Queued";
+    const ahead = state.queue_position;  // the requests that start before this one
+    if (ahead == null) return "Queued";
+    return ahead === 0 ? "Queued: next" : `Queued: ${ahead} ahead`;
   }
   const progress = state.progress || {};
   if (state.status === "running") {
