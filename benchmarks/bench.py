@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import encoding, gpu, jobs, loras, marks, outputs, queue, report, serving  # noqa: E402
+from benchmarks import encoding, gpu, jobs, loras, marks, outputs, parallel, queue, report, serving  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             modes=tuple(args.modes.split(",")),
             options=tuple(args.options.split(",")),
         )
-        results = {"machine": report.machine(), "sections": [{"title": "Full-size, random weights", "rows": rows}]}
+        sections = [{"title": "Full-size, random weights", "rows": rows}]
+        sections.append({"title": "One request on several GPUs (Ulysses)", "rows": parallel.measure()})
+        results = {"machine": report.machine(), "sections": sections}
         paths = report.write("gpu", "GPU benchmarks", results, args.out, gpu_chart)
     else:
         results = cpu_results(serving.QUICK if args.quick else serving.Plan())

@@ -124,6 +124,13 @@ class JobStoreLost(ServingError, grpc_errors.Unavailable):
     outcome = "error"
 
 
+class RankLost(ServingError, grpc_errors.Unavailable):
+    """A rank of the context-parallel group died or stopped answering: the request failed, the group restarts."""
+
+    http_status = 503
+    outcome = "error"
+
+
 class JobTakenOver(ServingError, grpc_errors.Aborted):
     """This replica's lease on a job lapsed and another replica took it: this try stops and writes nothing."""
 

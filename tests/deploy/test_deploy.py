@@ -21,6 +21,7 @@ from kserve_diffusion.config import build_parser, defaults, parse_config
 from kserve_diffusion.config.settings import MODEL_TYPES
 from kserve_diffusion.jobs.redis_scripts import GROUP
 from kserve_diffusion.jobs.redis_store import RedisJobStore
+from kserve_diffusion.parallel.plan import ParallelPlan
 
 from tests.conftest import ROOT, VENV_PATH, ServerProcess, server_environment
 from tests.helpers import only_image, predict, small
@@ -234,8 +235,13 @@ def test_inference_services_cover_every_deployment() -> None:
         predictor = service["spec"]["predictor"]
         model = predictor["model"]
         assert model["runtime"] == "kserve-diffusion", path
+        flags = parse_config(model["args"], cuda_available=lambda: True)
+        ranks = ParallelPlan.from_config(flags).world_size  # one GPU a rank
         for bound in ("requests", "limits"):
-            assert model["resources"][bound]["nvidia.com/gpu"] == "1", path
+            assert model["resources"][bound]["nvidia.com/gpu"] == str(ranks), path
+        if ranks > 1:  # NCCL: the runtime's /dev/shm volume, made larger
+            (shm,) = [v for v in predictor["volumes"] if v["name"] == "shm"]
+            assert shm["emptyDir"]["medium"] == "Memory" and int(shm["emptyDir"]["sizeLimit"].rstrip("Gi")) >= 8
         assert predictor["minReplicas"] >= 1 and predictor["maxReplicas"] >= predictor["minReplicas"], path
         # Kubernetes kills the pod after this; the server drains for --shutdown_grace_seconds first
         assert predictor["terminationGracePeriodSeconds"] > defaults().shutdown_grace_seconds, path

@@ -19,7 +19,7 @@ from kserve_diffusion.config import parse_config
 from kserve_diffusion.pipelines import serving_family
 from kserve_diffusion.pipelines.base import Runner
 
-from benchmarks import architectures, gpu, gpu_check, image_architectures
+from benchmarks import architectures, gpu, gpu_check, image_architectures, parallel
 from tests.conftest import ROOT, ServerProcess
 from tests.helpers import only_image, predict, small
 
@@ -164,3 +164,16 @@ def test_gpu_check_matrix_runs_its_option_sets_on_tiny_models() -> None:
     assert all(isinstance(row["latency (s)"], float) for row in rows), rows
     cached = [row for row in rows if "cache" in row["option"]]
     assert len(cached) == 2 and all(row[gpu.CACHE_NOTE].endswith("%") for row in cached)
+
+
+def test_bench_gpu_parallel_cases_run_on_two_cpu_ranks() -> None:
+    """make bench-gpu's multi-GPU cases, on the tiny models with two gloo ranks: latency on 1 and 2 ranks."""
+    flux = dataclasses.replace(parallel.FLUX, fields={"height": 64, "width": 64, "num_inference_steps": 2})
+    wan = dataclasses.replace(parallel.WAN_81, fields={**parallel.WAN_81.fields, "video_width": 64})
+    wan = dataclasses.replace(wan, fields={**wan.fields, "video_height": 64, "num_frames": 5, "num_inference_steps": 2})
+    cases = ((flux, (2, 1000), "int8"), (wan, (2,), "eager"))
+    rows = parallel.measure(cases, "TINY", device="cpu", runs=1)
+    assert [(row["case"], row["GPUs"]) for row in rows] == [(flux.label, 2), (flux.label, 1000), (wan.label, 2)]
+    measured = [row for row in rows if isinstance(row["latency (s)"], float)]
+    assert len(measured) == 2 and all(row["speed-up"].endswith("x") for row in measured)
+    assert rows[1]["latency (s)"] == "unmeasured: needs 1000 GPUs"

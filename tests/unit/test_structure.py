@@ -20,6 +20,7 @@ LAYERS = (
     "api",
     "outputs",
     "pipelines",
+    "parallel",
     "runtime",
     "jobs",
     "server",

@@ -191,6 +191,30 @@ class ServerConfig:
         "SDPA, flash/flash3/sage/xformers need their package and a GPU that runs them; checked at start-up",
         choices=ATTENTION_BACKENDS,
     )
+    ulysses_degree: int = setting(
+        1,
+        "context parallelism: split each request's sequence over this many ranks with Ulysses (all-to-all over "
+        "attention heads; FLUX, FLUX.2, Qwen-Image, Wan); the pod's ranks are ulysses x ring x (2 with "
+        "--cfg_parallel), one a GPU; the server starts the others itself",
+        minimum=1,
+    )
+    ring_degree: int = setting(
+        1,
+        "context parallelism: ring attention over this many ranks (key/value blocks passed round); needs an "
+        "attention backend that returns the log-sum-exp (flash, flash3, sage) on GPUs",
+        minimum=1,
+    )
+    cfg_parallel: bool = setting(
+        False,
+        "CFG parallelism on two ranks: a request's conditional and unconditional passes at the same time (Wan, "
+        "Qwen-Image), or each half of SDXL's batched CFG; not combined with --ulysses_degree or --ring_degree yet",
+    )
+    parallel_timeout: float = setting(
+        120.0,
+        "seconds a rank waits for the others in one collective before the group is taken for lost: the server "
+        "turns not ready, fails the request and restarts the group",
+        minimum=1,
+    )
     quantize: str = setting(
         "none",
         "quantize the denoiser's weights (and FLUX's T5) while loading: int8 (torchao, weight-only; CPU too), fp8 "

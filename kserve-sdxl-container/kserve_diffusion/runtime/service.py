@@ -27,6 +27,7 @@ from ..errors import GenerationFailed, MarkingFailed, OutOfMemory, RequestError,
 from ..marks import NO_MARKS, Marking, Marks, parse_marks
 from ..outputs.delivery import deliver, request_object_id
 from ..outputs.s3 import OutputStore
+from ..parallel.plan import ParallelPlan
 from ..pipelines import Family, Runner
 from ..pipelines.lora_catalog import LoraCatalog
 from . import metrics
@@ -94,7 +95,7 @@ class GenerationService:
         """Load the pipelines exactly once; ready only afterwards."""
         if self.runner is None:
             started = time.perf_counter()
-            self.runner = self.family.load(self.config)
+            self.runner = self._load_runner()
             self.inputs = InputLoader(InputPolicy.from_config(self.config), self.limits, self.runner.size_multiples)
             if self.config.warmup:
                 self._warm_up()
@@ -108,6 +109,18 @@ class GenerationService:
             )
         self.ready = True
         return self.ready
+
+    def _load_runner(self) -> Runner:
+        """The family loaded here, or over several ranks with --ulysses_degree/--ring_degree (parallel/)."""
+        if ParallelPlan.from_config(self.config).enabled:
+            from ..parallel.runner import start  # torch.distributed only where it is used
+
+            return start(self.family, self.config, self._group_ready)
+        return self.family.load(self.config)
+
+    def _group_ready(self, ready: bool) -> None:
+        """Told by the context-parallel group when it is lost (not ready) and when it has started again."""
+        self.ready = ready and not self.draining
 
     def _warm_up(self) -> None:
         """One small generation per default task, on the accelerator thread, before the server is ready: it
