@@ -9,6 +9,7 @@ import io
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 from kserve_diffusion.testing import tiny
 from PIL import Image
 
-from tests.conftest import ServerProcess
+from tests.conftest import ROOT, ServerProcess
 from tests.helpers import decode_data_url, grpc_infer, mp4_facts, predict
 from tests.jobs_client import job_url, submit, wait_for
 
@@ -51,11 +52,15 @@ def servers(
         "qwen_cfg": (["--model_id", str(qwen), *wan, *CFG], "qwen"),  # Qwen-Image and Wan: two passes a step
         "qwen_one": (["--model_id", str(qwen), *wan], "qwen"),
         "sdxl_cfg": (["--model_id", str(tiny_models["sdxl"]), *CFG], "sdxl"),  # batched CFG: the batch split
+        # tests/oom_launcher.py: out of memory at a step (inject-oom*) or in the Wan decode (inject-decode-oom*)
+        "oom": ([*flux, *wan, *ULYSSES], "flux"),
         "first_block": (["--model_id", str(tiny_models["flux"]), *ULYSSES, "--cache", "first_block"], "flux"),
     }
     specs["first_block"][0].extend(["--cache_threshold", "0.3"])  # each rank alone: one skips, one computes
+    launcher = [sys.executable, str(ROOT / "tests" / "oom_launcher.py"), "--model_name", "flux", "--device", "cpu"]
     started = {
-        name: ServerProcess(args, root / f"{name}.log", model_name=model) for name, (args, model) in specs.items()
+        name: ServerProcess(args, root / f"{name}.log", model_name=model, launcher=launcher if name == "oom" else None)
+        for name, (args, model) in specs.items()
     }
     try:
         for server in started.values():
@@ -167,6 +172,29 @@ def test_loras_switched_between_requests(servers: dict[str, ServerProcess]) -> N
         assert_same(generate(servers["flux_one"], fields)[1], with_lora)
         assert np.abs(with_lora - plain).max() > LEVELS  # the adapter applied on every rank
     assert_same(plain, generate(servers["flux"], IMAGE)[1])  # and off again
+
+
+def test_out_of_memory_at_a_step_stops_every_rank_and_inside_one_restarts_the_group(
+    servers: dict[str, ServerProcess],
+) -> None:
+    server = servers["oom"]
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        at_step = http.post(
+            "/v1/models/flux:predict", json={"instances": [IMAGE]}, headers={"x-request-id": "inject-oom-1"}
+        )
+        assert at_step.status_code == 507, at_step.text
+        assert http.get("/v2/models/flux/ready").status_code == 200  # decided together: the group is in step
+        assert_same(generate(servers["flux_one"], IMAGE)[1], generate(server, IMAGE)[1])
+        headers = {"x-request-id": "inject-decode-oom-1"}  # rank 0 alone fails outside the step boundaries
+        inside = http.post("/v1/models/flux:predict", json={"instances": [VIDEO]}, headers=headers)
+        assert inside.status_code == 507, inside.text
+        deadline = time.monotonic() + 120
+        while "the group started again" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        while http.get("/v2/models/flux/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert "rank 0 failed inside a step (DecodeOutOfMemory)" in server.log()
+    assert_same(generate(servers["flux_one"], VIDEO)[1], generate(server, VIDEO)[1])
 
 
 def followers_of(server: ServerProcess) -> list[int]:

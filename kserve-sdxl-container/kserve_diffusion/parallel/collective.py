@@ -30,6 +30,7 @@ class CollectiveObserver:
         self.control = control
         self.group = group
         self.passes = passes  # CFG parallelism's two-pass scheme, told of each step
+        self.stopped_together = False  # every rank stopped at the same step: the group is still in step
 
     def on_step(self, pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         """diffusers' callback_on_step_end, on every rank."""
@@ -40,6 +41,7 @@ class CollectiveObserver:
             except Exception as exc:  # noqa: BLE001 - raised below, once every rank knows
                 stop = exc
         if any_rank(stop is not None, self.group):
+            self.stopped_together = True
             raise stop or StoppedWithRankZero(f"rank 0 stopped after step {step + 1}")
         if self.passes is not None:
             self.passes.step_done()

@@ -171,11 +171,16 @@ class ParallelRunner:
             observer = CollectiveObserver(control, self.group.control, self.passes)
             try:
                 return self.inner.generate(request, seed, inputs, observer)
-            except (RuntimeError, dist.DistError) as exc:
-                if not _collective_failure(exc) and not self.lost():
+            except BaseException as exc:
+                if observer.stopped_together:  # cancel, deadline, an out-of-memory error at a step: all in step
                     raise
-                self._lose(f"a collective failed: {str(exc).splitlines()[0][:200]}")
-                raise RankLost(f"a rank of the group was lost ({self.lost_reason}); the group restarts") from exc
+                if isinstance(exc, RuntimeError | dist.DistError) and (_collective_failure(exc) or self.lost()):
+                    self._lose(f"a collective failed: {str(exc).splitlines()[0][:200]}")
+                    raise RankLost(f"a rank of the group was lost ({self.lost_reason}); the group restarts") from exc
+                # Failed inside a step (out of memory in a layer, ...): the others may wait in a collective of it
+                # (or, later, pair theirs with the next request's), so the group starts again.
+                self._lose(f"rank 0 failed inside a step ({type(exc).__name__})")
+                raise
 
     def _check_followers(self) -> None:
         for rank, process in enumerate(self.followers, start=1):
