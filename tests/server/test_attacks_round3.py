@@ -445,3 +445,23 @@ def test_the_submit_routes_link_to_the_routes_that_take_their_ids(servers: dict[
     assert set(video_links) == {"RetrieveVideo", "DeleteVideo", "VideoContent"}
     for link in [*submit_links.values(), *video_links.values()]:
         assert link["operationId"] in operations
+
+
+def test_the_playground_asks_for_the_key_and_sends_it(servers: dict[str, ServerProcess], browser) -> None:
+    """Last in this module: the browser fixture holds an event loop until the module ends."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{servers['keyed'].url}/playground/")  # the page's own files need no key
+    page.wait_for_function("document.querySelector('#model').textContent.includes('asks for an API key')")
+    assert page.locator("#api_key").is_visible()
+    page.locator("#api_key").fill(KEYS[0])
+    page.locator("#api_key").press("Tab")  # the change: the model is read again, with the key
+    page.wait_for_selector("#task_type option", state="attached")
+    for name, value in {"width": 64, "height": 64, "num_inference_steps": 2}.items():
+        page.locator(f"#{name}").fill(str(value))
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_selector("#gallery figure img", timeout=120_000)  # the job and its events sent the key
+    page.get_by_role("button", name="Copy as curl").click()
+    command = page.locator("#curl-command").input_value()
+    assert '"Authorization: Bearer $API_KEY"' in command and KEYS[0] not in command
+    context.close()

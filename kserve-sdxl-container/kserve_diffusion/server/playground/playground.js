@@ -101,4 +101,18 @@ function useAsInput(url) {
   $("task_type").focus();
 }
 
-load().catch((error) => { $("model").textContent = `Could not read the model's capabilities: ${error.message}`; });
+function start() {
+  load().catch((error) => {
+    if (error.status !== 401) {
+      $("model").textContent = `Could not read the model's capabilities: ${error.message}`;
+      return;
+    }
+    // --api_keys: the page asks for the key, then reads the model again with it.
+    $("model").textContent = "This server asks for an API key: type it under \"API key\" below.";
+    $("api_key").closest("details").open = true;
+    $("api_key").focus();
+    $("api_key").addEventListener("change", start, { once: true });
+  });
+}
+
+start();
