@@ -49,16 +49,17 @@ CHOICE_FIELDS = ("scheduler", "output_format")  # chosen from a list, not a rang
 SIDES = ("width", "height", "video_width", "video_height")
 
 
-def _bounds(name: str) -> dict[str, float]:
+def _bounds(name: str) -> dict[str, Any]:
     """A field's bounds as the request schema declares them."""
-    found: dict[str, float] = {}
+    found: dict[str, Any] = {}
     for rule in GenerationRequest.model_fields[name].metadata:
-        if isinstance(rule, annotated_types.Ge | annotated_types.Gt):
-            found["min"] = rule.ge if isinstance(rule, annotated_types.Ge) else rule.gt
-            found["min_exclusive"] = isinstance(rule, annotated_types.Gt)
+        if isinstance(rule, annotated_types.Ge):
+            found["min"] = rule.ge
+        elif isinstance(rule, annotated_types.Gt):
+            found |= {"min": rule.gt, "min_exclusive": True}
         elif isinstance(rule, annotated_types.Le | annotated_types.Lt):
             found["max"] = rule.le if isinstance(rule, annotated_types.Le) else rule.lt
-    return {key: value for key, value in found.items() if value is not False}
+    return found
 
 
 def field_range(name: str, limits: Limits, size_multiple: int) -> dict[str, Any]:
@@ -123,8 +124,8 @@ def _task(service: GenerationService, task: str) -> dict[str, Any]:
         request = runner.check(parse_request(probe, limits), limits)
     except RequestError as exc:  # a task this probe cannot fill in: listed without defaults
         return {**described, "note": str(exc)}
-    family = "wan" if task in VIDEO_TASKS and service.config.video_model_id else service.family.name
-    schedulers, _ = FAMILY_SCHEDULERS.get(family, FAMILY_SCHEDULERS["sdxl"])
+    family = service.family_of(task)
+    schedulers, _ = FAMILY_SCHEDULERS[family]
     multiple = runner.size_multiples[task]
     fields = [
         name
@@ -135,7 +136,7 @@ def _task(service: GenerationService, task: str) -> dict[str, Any]:
         "family": family,
         **described,
         "schedulers": list(schedulers),
-        "fields": list(fields),
+        "fields": fields,
         # A task with an input picture takes its size from the picture unless sides are given: no default sides.
         "defaults": {
             name: getattr(request, name)

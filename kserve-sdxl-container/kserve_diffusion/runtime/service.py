@@ -172,6 +172,10 @@ class GenerationService:
         """The adapters requests may name: name, family, rank and layout (empty without --lora_dir)."""
         return self.lora_catalog.listing() if self.lora_catalog is not None else []
 
+    def family_of(self, task: str) -> str:
+        """The family that runs `task`: Wan for video beside an image model (--video_model_id), else the model's."""
+        return "wan" if task in VIDEO_TASKS and self.config.video_model_id else self.family.name
+
     def tasks(self) -> tuple[str, ...]:
         """The task types the loaded pipelines serve (none before loading)."""
         return self.runner.tasks if self.runner else ()
@@ -367,7 +371,7 @@ class GenerationService:
         assert request.task_type is not None
         asked = parse_marks(request.provenance) if request.provenance else self.marks.marks
         marks = asked & self.marks.marks  # the request's field was checked to be within the server's
-        family = "wan" if request.task_type in VIDEO_TASKS and self.config.video_model_id else self.family.name
+        family = self.family_of(request.task_type)
         return self.marks.marking(marks, self.name, family, request.task_type, seed, inputs.ingredients)
 
     def _run(
