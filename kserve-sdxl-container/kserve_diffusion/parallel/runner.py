@@ -183,9 +183,9 @@ class ParallelRunner:
                 raise
 
     def _check_followers(self) -> None:
-        for rank, process in enumerate(self.followers, start=1):
-            if process.poll() is not None:
-                raise ConfigError(f"{self.plan.flag}: rank {rank} exited with {process.returncode} while starting")
+        for rank in self.lost():
+            code = self.followers[rank - 1].returncode
+            raise ConfigError(f"{self.plan.flag}: rank {rank} exited with {code} while starting")
 
     def lost(self) -> list[int]:
         """The follower ranks whose process has ended."""
